@@ -1,0 +1,63 @@
+"""Errors that cross the core's boundary. Each carries the exit code the CLI uses (design.md)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+
+
+class CodebError(Exception):
+    """Base class: `str(error)` is the one line an operator sees."""
+
+    exit_code = EXIT_FAILED
+
+
+class BadInput(CodebError):
+    """Input that is refused before anything is touched (names, references, config)."""
+
+    exit_code = EXIT_REFUSED
+
+
+class ConfigError(BadInput):
+    pass
+
+
+class TransitionRefused(CodebError):
+    """A state transition the slot machine does not allow ("Run deploy first", "No grace slot")."""
+
+    exit_code = EXIT_REFUSED
+
+
+class LockHeld(CodebError):
+    """Another codeb process holds the project+environment lock."""
+
+    exit_code = EXIT_REFUSED
+
+
+class RegistryCorrupt(CodebError):
+    """A registry file that cannot be read as what it should be. Never overwritten silently."""
+
+    exit_code = EXIT_FAILED
+
+
+class PortRangeFull(CodebError):
+    exit_code = EXIT_FAILED
+
+
+class OperationFailed(CodebError):
+    """A step of an operation failed against the world (pull, health, proxy)."""
+
+    exit_code = EXIT_FAILED
+
+
+class ImageNotFound(OperationFailed):
+    pass
+
+
+class HealthCheckFailed(OperationFailed):
+    pass
+
+
+class ProxyApplyFailed(OperationFailed):
+    pass

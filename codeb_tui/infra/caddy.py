@@ -1,0 +1,58 @@
+"""Caddy's admin API: read the live config, load a whole new one.
+
+Caddy applies a POST /load atomically: a config it rejects leaves the running one in place. We
+still back up what was live and re-apply it on failure, so the proxy is always in a known state
+(seed 7.2: "Caddy 설정 실패 → 백업에서 복원").
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from codeb_tui.core.errors import ProxyApplyFailed
+
+
+class CaddyAdmin:
+    def __init__(self, admin_url: str, timeout: float = 10.0) -> None:
+        self.admin_url = admin_url.rstrip("/")
+        self.timeout = timeout
+
+    def _client(self) -> httpx.AsyncClient:
+        # Caddy refuses admin requests whose Origin/Host it does not expect; keep it plain.
+        return httpx.AsyncClient(base_url=self.admin_url, timeout=self.timeout, trust_env=False)
+
+    async def ping(self) -> bool:
+        try:
+            async with self._client() as client:
+                response = await client.get("/config/")
+                return response.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def current(self) -> dict[str, Any] | None:
+        try:
+            async with self._client() as client:
+                response = await client.get("/config/")
+        except httpx.HTTPError as exc:
+            raise ProxyApplyFailed(f"Caddy admin {self.admin_url} unreachable: {exc}") from None
+        if response.status_code != 200:
+            raise ProxyApplyFailed(f"Caddy admin GET /config/ answered {response.status_code}")
+        return response.json()
+
+    async def load(self, config: dict[str, Any]) -> None:
+        try:
+            async with self._client() as client:
+                response = await client.post(
+                    "/load", content=json.dumps(config), headers={"Content-Type": "application/json"}
+                )
+        except httpx.HTTPError as exc:
+            raise ProxyApplyFailed(f"Caddy admin {self.admin_url} unreachable: {exc}") from None
+        if response.status_code != 200:
+            try:
+                detail = response.json().get("error", response.text)
+            except ValueError:
+                detail = response.text
+            raise ProxyApplyFailed(f"Caddy rejected the config: {detail.strip()[:300]}")

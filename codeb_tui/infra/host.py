@@ -1,0 +1,61 @@
+"""One interface for everything the engine does on a host: Docker, the proxy's admin API, HTTP
+health checks and the sockets listening there. `LocalHost` is this machine; a host reached over
+SSH is a second implementation of the same class, not a rewrite of the engine."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+from codeb_tui.config import Config
+from codeb_tui.infra.caddy import CaddyAdmin
+from codeb_tui.infra.docker_engine import DockerEngine
+from codeb_tui.infra.health import HealthChecker
+
+_LISTEN_STATE = "0A"
+
+
+def parse_proc_net_tcp(text: str) -> set[int]:
+    """Ports in LISTEN state from the text of /proc/net/tcp or /proc/net/tcp6."""
+    ports = set()
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) > 3 and parts[3] == _LISTEN_STATE:
+            ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+class Host(abc.ABC):
+    name: str
+    docker: DockerEngine
+    caddy: CaddyAdmin
+    health: HealthChecker
+
+    @abc.abstractmethod
+    async def listening_ports(self) -> set[int]:
+        """TCP ports some program listens on, on this host (any address)."""
+
+    async def aclose(self) -> None:
+        await self.health.aclose()
+        self.docker.close()
+
+
+class LocalHost(Host):
+    def __init__(self, config: Config) -> None:
+        self.name = "local"
+        self.docker = DockerEngine(
+            config.docker.endpoint, config.docker.bind_address, config.docker.stop_timeout
+        )
+        self.caddy = CaddyAdmin(config.caddy.admin)
+        self.health = HealthChecker(
+            config.docker.bind_address, config.health.path, config.health.request_timeout
+        )
+
+    async def listening_ports(self) -> set[int]:
+        ports: set[int] = set()
+        for name in ("tcp", "tcp6"):
+            try:
+                ports |= parse_proc_net_tcp(Path(f"/proc/net/{name}").read_text())
+            except OSError:
+                continue
+        return ports

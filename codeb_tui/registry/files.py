@@ -1,0 +1,293 @@
+"""The file registry: the primary source of truth (seed sections 5.2 and 6).
+
+    <root>/ssot.json                    {"ports": {"used": [...], "allocated": {"4100": "a"}}}
+    <root>/slots/<project>-<suffix>.json both slots of one project+environment, versioned
+    <root>/locks/                       flock files (one per project+environment, one for ssot)
+
+Every write goes to a temporary file, is fsynced and renamed over the target, so a reader sees
+the old file or the new one, never half of one. A file that does not parse or does not have the
+expected shape raises `RegistryCorrupt` naming it; nothing is written over it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from codeb_tui.core.errors import RegistryCorrupt
+from codeb_tui.core.model import (
+    Environment,
+    HealthRecord,
+    ProjectSlots,
+    Slot,
+    SlotName,
+    SlotState,
+    from_iso,
+    slot_to_dict,
+    to_iso,
+    utcnow,
+    validate_project_name,
+)
+from codeb_tui.registry.locks import file_lock
+
+SLOT_FILE_FORMAT = 1
+
+
+@dataclass
+class Ssot:
+    """ssot.json: which ports are taken and by which project. Unknown top-level keys survive."""
+
+    allocated: dict[int, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def used(self) -> list[int]:
+        return sorted(self.allocated)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "ports": {
+                "used": self.used,
+                "allocated": {str(p): self.allocated[p] for p in self.used},
+            },
+        }
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read_json(path: Path) -> Any | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RegistryCorrupt(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise RegistryCorrupt(f"{path}: not valid JSON ({exc}); fix or restore it by hand") from None
+
+
+class FileRegistry:
+    def __init__(self, root: Path, lock_wait: float = 0.0) -> None:
+        self.root = Path(root)
+        self.lock_wait = lock_wait
+
+    # paths -----------------------------------------------------------------------------------
+    @property
+    def ssot_path(self) -> Path:
+        return self.root / "ssot.json"
+
+    @property
+    def slots_dir(self) -> Path:
+        return self.root / "slots"
+
+    def slot_path(self, project: str, environment: Environment) -> Path:
+        validate_project_name(project)
+        return self.slots_dir / f"{project}-{environment.suffix}.json"
+
+    def lock_path(self, name: str) -> Path:
+        return self.root / "locks" / f"{name}.lock"
+
+    # locks -----------------------------------------------------------------------------------
+    @contextmanager
+    def project_lock(self, project: str, environment: Environment, purpose: str) -> Iterator[None]:
+        """The project+environment lock every operation holds while it runs."""
+        with file_lock(
+            self.lock_path(f"{project}-{environment.suffix}"),
+            purpose=f"{purpose} {project} ({environment.value})",
+            what=f"{project} ({environment.value})",
+            wait=self.lock_wait,
+        ):
+            yield
+
+    @contextmanager
+    def global_lock(self, name: str, purpose: str, wait: float = 30.0) -> Iterator[None]:
+        """Short critical sections shared by all projects: port allocation, proxy switching."""
+        with file_lock(self.lock_path(name), purpose=purpose, what=f"the {name} registry", wait=wait):
+            yield
+
+    # ssot.json -------------------------------------------------------------------------------
+    def read_ssot(self) -> Ssot:
+        data = _read_json(self.ssot_path)
+        if data is None:
+            return Ssot()
+        path = self.ssot_path
+        if not isinstance(data, dict) or not isinstance(data.get("ports", {}), dict):
+            raise RegistryCorrupt(f"{path}: expected {{\"ports\": {{\"used\": [...], \"allocated\": {{...}}}}}}")
+        ports = data.get("ports", {})
+        allocated_raw = ports.get("allocated", {})
+        used_raw = ports.get("used", [])
+        if not isinstance(allocated_raw, dict) or not isinstance(used_raw, list):
+            raise RegistryCorrupt(f"{path}: ports.used must be a list and ports.allocated a mapping")
+        allocated: dict[int, str] = {}
+        for key, owner in allocated_raw.items():
+            if not (isinstance(key, str) and key.isdigit() and isinstance(owner, str)):
+                raise RegistryCorrupt(f"{path}: ports.allocated entry {key!r}: {owner!r} is not port: project")
+            allocated[int(key)] = owner
+        for port in used_raw:
+            if not isinstance(port, int) or isinstance(port, bool):
+                raise RegistryCorrupt(f"{path}: ports.used holds {port!r}, not a port number")
+            # A port listed as used without an owner is still taken: keep it, owner unknown.
+            allocated.setdefault(port, "")
+        extra = {k: v for k, v in data.items() if k != "ports"}
+        return Ssot(allocated=allocated, extra=extra)
+
+    def write_ssot(self, ssot: Ssot) -> None:
+        atomic_write_json(self.ssot_path, ssot.to_json())
+
+    # slot files ------------------------------------------------------------------------------
+    def read_slots(self, project: str, environment: Environment) -> ProjectSlots | None:
+        path = self.slot_path(project, environment)
+        data = _read_json(path)
+        if data is None:
+            return None
+        return parse_slot_file(path, data, project, environment)
+
+    def write_slots(self, slots: ProjectSlots, expected_version: int | None = None) -> ProjectSlots:
+        """Write one slot file, bumping its version. The caller holds the project lock; the
+        version check still catches a hand edit made while the operation ran."""
+        path = self.slot_path(slots.project, slots.environment)
+        current = self.read_slots(slots.project, slots.environment)
+        on_disk = current.version if current else 0
+        if expected_version is not None and on_disk != expected_version:
+            raise RegistryCorrupt(
+                f"{path}: changed while the operation ran (version {on_disk}, expected "
+                f"{expected_version}); nothing was written"
+            )
+        written = replace(slots, version=on_disk + 1, updated_at=utcnow())
+        atomic_write_json(path, slot_file_json(written))
+        return written
+
+    def remove_slots(self, project: str, environment: Environment) -> None:
+        self.slot_path(project, environment).unlink(missing_ok=True)
+
+    def list_slot_files(self) -> list[tuple[str, Environment]]:
+        """Every project+environment that has a slot file, sorted."""
+        found = []
+        if not self.slots_dir.is_dir():
+            return found
+        suffixes = {env.suffix: env for env in Environment}
+        for path in sorted(self.slots_dir.glob("*.json")):
+            stem = path.stem
+            for suffix, env in suffixes.items():
+                if stem.endswith("-" + suffix):
+                    found.append((stem[: -len(suffix) - 1], env))
+                    break
+        return found
+
+    def read_all(self) -> list[ProjectSlots]:
+        return [
+            slots
+            for project, env in self.list_slot_files()
+            if (slots := self.read_slots(project, env)) is not None
+        ]
+
+
+def slot_file_json(slots: ProjectSlots) -> dict[str, Any]:
+    return {
+        "format": SLOT_FILE_FORMAT,
+        "project": slots.project,
+        "environment": slots.environment.value,
+        "version": slots.version,
+        "updated_at": to_iso(slots.updated_at),
+        "slots": {slot.name.value: slot_to_dict(slot) for slot in slots.slots()},
+    }
+
+
+def parse_slot_file(path: Path, data: Any, project: str, environment: Environment) -> ProjectSlots:
+    def bad(why: str) -> RegistryCorrupt:
+        return RegistryCorrupt(f"{path}: {why}; fix or restore it by hand")
+
+    if not isinstance(data, dict):
+        raise bad("expected a JSON object")
+    if data.get("project") != project or data.get("environment") != environment.value:
+        raise bad(f"names {data.get('project')!r}/{data.get('environment')!r}, "
+                  f"expected {project!r}/{environment.value!r}")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise bad("version must be a non-negative integer")
+    raw_slots = data.get("slots")
+    if not isinstance(raw_slots, dict) or set(raw_slots) != {"blue", "green"}:
+        raise bad("slots must hold exactly 'blue' and 'green'")
+    parsed = {}
+    for name in ("blue", "green"):
+        parsed[name] = _parse_slot(raw_slots[name], SlotName(name), bad)
+    if parsed["blue"].port % 2 or parsed["green"].port != parsed["blue"].port + 1:
+        raise bad("blue must hold an even port and green the next odd one")
+    active = [s for s in parsed.values() if s.state is SlotState.ACTIVE]
+    if len(active) > 1:
+        raise bad("both slots are active")
+    try:
+        updated_at = from_iso(data.get("updated_at"))
+    except (TypeError, ValueError):
+        raise bad("updated_at is not an ISO timestamp") from None
+    return ProjectSlots(project, environment, parsed["blue"], parsed["green"], version, updated_at)
+
+
+def _parse_slot(raw: Any, name: SlotName, bad) -> Slot:
+    if not isinstance(raw, dict):
+        raise bad(f"slot {name.value} must be an object")
+    try:
+        state = SlotState(raw.get("state"))
+    except ValueError:
+        raise bad(f"slot {name.value} has unknown state {raw.get('state')!r}") from None
+    port = raw.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise bad(f"slot {name.value} port must be a port number")
+    for key in ("image", "container_id", "container_name"):
+        if raw.get(key) is not None and not isinstance(raw.get(key), str):
+            raise bad(f"slot {name.value} {key} must be a string")
+    if state is not SlotState.EMPTY and not raw.get("image"):
+        raise bad(f"slot {name.value} is {state.value} but has no image")
+    try:
+        times = {k: from_iso(raw.get(k)) for k in ("deployed_at", "promoted_at", "grace_expires_at")}
+        health = raw.get("last_health")
+        last_health = None
+        if health is not None:
+            last_health = HealthRecord(
+                ok=bool(health["ok"]),
+                detail=str(health.get("detail", "")),
+                checked_at=from_iso(health["checked_at"]),
+                latency_ms=health.get("latency_ms"),
+            )
+    except (TypeError, ValueError, KeyError):
+        raise bad(f"slot {name.value} has a malformed timestamp or health record") from None
+    return Slot(
+        name=name,
+        port=port,
+        state=state,
+        image=raw.get("image"),
+        container_id=raw.get("container_id"),
+        container_name=raw.get("container_name"),
+        last_health=last_health,
+        **times,
+    )

@@ -1,0 +1,104 @@
+"""Inter-process locks on registry files, with the holder written down for whoever is refused.
+
+`flock` is released by the kernel when the holder dies, so a crashed codeb never leaves a stale
+lock behind; the holder record is only there to name who holds it and since when.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from codeb_tui.core.errors import LockHeld
+
+
+def current_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return str(os.getuid())
+
+
+@contextmanager
+def file_lock(path: Path, purpose: str, what: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on `path`, or raise LockHeld naming the holder.
+
+    `wait` seconds are spent retrying before giving up (0: refuse at once).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockHeld(f"{what} is locked: {describe_holder(path)}") from None
+                time.sleep(0.02)
+        holder = {
+            "pid": os.getpid(),
+            "user": current_actor(),
+            "host": socket.gethostname(),
+            "purpose": purpose,
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def read_holder(path: Path) -> dict | None:
+    try:
+        text = path.read_text()
+        return json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return None
+
+
+def describe_holder(path: Path) -> str:
+    holder = read_holder(path)
+    if not holder:
+        return "held by another codeb process"
+    since = holder.get("since", "?")
+    age = ""
+    try:
+        started = datetime.fromisoformat(since)
+        age = f" ({int((datetime.now(timezone.utc) - started).total_seconds())} s ago)"
+    except (TypeError, ValueError):
+        pass
+    return (
+        f"{holder.get('purpose', 'an operation')} by {holder.get('user', '?')} "
+        f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}) since {since}{age}"
+    )
+
+
+def is_locked(path: Path) -> bool:
+    """Whether another process holds `path` right now (for status displays)."""
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

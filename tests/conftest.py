@@ -1,0 +1,170 @@
+"""Fixtures over the real services that `scripts/services.sh up` starts (design.md).
+
+Docker and the image registry are shared; each test session runs its own Caddy (admin and
+listener on loopback ports of its own) so tests never disturb the demo's proxy. Every test gets
+its own registry root, SQLite file and project-name prefix, and its containers are removed after.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+import yaml
+
+from codeb_tui.config import Config, parse_config
+from codeb_tui.core import events
+from codeb_tui.core.engine import Engine
+
+REPO = Path(__file__).resolve().parent.parent
+REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")
+IMAGE = f"{REGISTRY}/demo/app"
+CADDY_ADMIN_PORT = 2119
+CADDY_HTTP_PORT = 18080
+PG_DSN = os.environ.get("CODEB_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def image(tag: str) -> str:
+    return f"{IMAGE}:{tag}"
+
+
+def _require_env() -> str:
+    host = os.environ.get("DOCKER_HOST")
+    if not host:
+        pytest.fail("DOCKER_HOST is not set: run the suite with `bash scripts/test.sh`", pytrace=False)
+    return host
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> str:
+    return _require_env()
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_host):
+    client = docker.DockerClient(base_url=docker_host)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def caddy(tmp_path_factory):
+    """A Caddy of the test session's own: admin 127.0.0.1:2119, sites on 127.0.0.1:18080."""
+    root = tmp_path_factory.mktemp("caddy")
+    config = root / "caddy.json"
+    config.write_text(f'{{"admin": {{"listen": "127.0.0.1:{CADDY_ADMIN_PORT}"}}}}')
+    env = {**os.environ, "XDG_CONFIG_HOME": str(root / "config"), "XDG_DATA_HOME": str(root / "data")}
+    log = open(root / "caddy.log", "w")
+    proc = subprocess.Popen([shutil.which("caddy") or "/usr/bin/caddy", "run", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{CADDY_ADMIN_PORT}/config/", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"caddy did not start: {(root / 'caddy.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    yield {"admin": f"http://127.0.0.1:{CADDY_ADMIN_PORT}", "listen": f"127.0.0.1:{CADDY_HTTP_PORT}"}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def prefix(docker_client):
+    """A project-name prefix of this test's own; its containers are removed afterwards."""
+    value = f"t{uuid.uuid4().hex[:5]}{next(_counter)}"
+    yield value
+    for container in docker_client.containers.list(all=True, filters={"label": "codeb.project"}):
+        if container.labels.get("codeb.project", "").startswith(value):
+            container.remove(force=True)
+
+
+def config_dict(tmp_path: Path, caddy_info: dict, docker_host: str, **overrides) -> dict:
+    data = {
+        "registry": {"root": str(tmp_path / "registry")},
+        "environments": {
+            "production": {"domain": "{project}.prod.test", "preview_domain": "{slot}.{project}.prod-preview.test"},
+            "staging": {"domain": "{project}.staging.test", "preview_domain": "{slot}.{project}.staging-preview.test"},
+            "preview": {"domain": "{project}.preview.test", "preview_domain": "{slot}.{project}.pr.test"},
+        },
+        "docker": {"endpoint": docker_host},
+        "caddy": {"admin": caddy_info["admin"], "listen": caddy_info["listen"],
+                  "config_dir": str(tmp_path / "caddy")},
+        "health": {"timeout": 15, "interval": 0.1, "request_timeout": 2},
+        "database": {"sqlite_path": str(tmp_path / "codeb.sqlite3")},
+    }
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        if name:
+            data.setdefault(section, {})[name] = value
+        else:
+            data[section] = value
+    return data
+
+
+@pytest.fixture
+def make_config(tmp_path, caddy, docker_host):
+    def make(**overrides) -> Config:
+        return parse_config(config_dict(tmp_path, caddy, docker_host, **overrides))
+
+    return make
+
+
+@pytest.fixture
+def config_file(tmp_path, caddy, docker_host):
+    def write(**overrides) -> Path:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config_dict(tmp_path, caddy, docker_host, **overrides)))
+        return path
+
+    return write
+
+
+@pytest.fixture
+async def engine(make_config):
+    engine = Engine(make_config())
+    yield engine
+    await engine.aclose()
+
+
+async def collect(stream) -> list[events.Event]:
+    return [event async for event in stream]
+
+
+def terminal(evs: list[events.Event]) -> events.Event:
+    assert isinstance(evs[-1], (events.Finished, events.Failed)), evs[-1]
+    return evs[-1]
+
+
+def through_caddy(host: str, path: str = "/") -> httpx.Response:
+    """A request through the session's Caddy with the site's Host header (never DNS)."""
+    return httpx.get(f"http://127.0.0.1:{CADDY_HTTP_PORT}{path}", headers={"Host": host},
+                     timeout=5, trust_env=False)
+
+
+def run_cli(*args: str, config: Path | None = None, env: dict | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "codeb_tui.cli", *args]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)

@@ -1,0 +1,128 @@
+"""The file registry on a real filesystem, and its locks across real processes."""
+
+import json
+import multiprocessing
+import time
+
+import pytest
+
+from codeb_tui.core.errors import LockHeld, RegistryCorrupt
+from codeb_tui.core.model import Environment, ProjectSlots, Slot, SlotName, SlotState
+from codeb_tui.core.ports import PortSources, allocate_port_pair
+from codeb_tui.core.errors import PortRangeFull
+from codeb_tui.registry.files import FileRegistry, Ssot
+
+PROD = Environment.PRODUCTION
+
+
+def pair(project="shop", port=4100):
+    return ProjectSlots(project, PROD, Slot(SlotName.BLUE, port), Slot(SlotName.GREEN, port + 1))
+
+
+def test_ssot_keeps_the_seed_shape_and_extra_keys(tmp_path):
+    reg = FileRegistry(tmp_path)
+    reg.ssot_path.parent.mkdir(parents=True, exist_ok=True)
+    reg.ssot_path.write_text(json.dumps({"ports": {"used": [4100, 4101], "allocated": {"4100": "a", "4101": "a"}},
+                                         "note": "kept"}))
+    ssot = reg.read_ssot()
+    ssot.allocated.update({4102: "b", 4103: "b"})
+    reg.write_ssot(ssot)
+    data = json.loads(reg.ssot_path.read_text())
+    assert data == {"note": "kept", "ports": {"used": [4100, 4101, 4102, 4103],
+                                              "allocated": {"4100": "a", "4101": "a", "4102": "b", "4103": "b"}}}
+
+
+def test_slot_file_roundtrip_and_versions(tmp_path):
+    reg = FileRegistry(tmp_path)
+    written = reg.write_slots(pair())
+    assert written.version == 1
+    again = reg.write_slots(written.with_slot(written.blue.with_(state=SlotState.DEPLOYED, image="r/x:1")),
+                            expected_version=1)
+    assert again.version == 2
+    read = reg.read_slots("shop", PROD)
+    assert read.blue.state is SlotState.DEPLOYED and read.blue.image == "r/x:1" and read.version == 2
+    assert (tmp_path / "slots" / "shop-prod.json").exists()
+    with pytest.raises(RegistryCorrupt, match="changed while the operation ran"):
+        reg.write_slots(read, expected_version=1)
+    assert not list((tmp_path / "slots").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("content, why", [
+    ("{not json", "not valid JSON"),
+    ('{"project": "shop", "environment": "production", "version": 1, "slots": {"blue": {}}}', "exactly 'blue' and 'green'"),
+    ('{"project": "other", "environment": "production", "version": 1, "slots": {}}', "expected 'shop'"),
+])
+def test_corrupt_slot_file_is_named_and_never_overwritten(tmp_path, content, why):
+    reg = FileRegistry(tmp_path)
+    path = reg.slot_path("shop", PROD)
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(RegistryCorrupt) as info:
+        reg.read_slots("shop", PROD)
+    assert str(path) in str(info.value) and why in str(info.value)
+    with pytest.raises(RegistryCorrupt):
+        reg.write_slots(pair())
+    assert path.read_text() == content
+
+
+def test_corrupt_ssot_is_named(tmp_path):
+    reg = FileRegistry(tmp_path)
+    reg.root.mkdir(exist_ok=True)
+    reg.ssot_path.write_text('{"ports": {"used": ["x"], "allocated": {}}}')
+    with pytest.raises(RegistryCorrupt, match="ssot.json"):
+        reg.read_ssot()
+
+
+def _hold_lock(root, ready, release):
+    reg = FileRegistry(root)
+    with reg.project_lock("shop", PROD, "deploy"):
+        ready.set()
+        release.wait(10)
+
+
+def test_lock_refuses_another_process_naming_the_holder(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(tmp_path, ready, release))
+    proc.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(LockHeld) as info:
+            with FileRegistry(tmp_path).project_lock("shop", PROD, "promote"):
+                pass
+        message = str(info.value)
+        assert f"pid {proc.pid}" in message and "deploy shop (production)" in message and "since" in message
+    finally:
+        release.set()
+        proc.join(10)
+    # Released with the holder: the lock can be taken again at once.
+    with FileRegistry(tmp_path).project_lock("shop", PROD, "promote"):
+        pass
+
+
+def test_lock_of_a_killed_holder_is_free(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(tmp_path, ready, release))
+    proc.start()
+    assert ready.wait(10)
+    proc.kill()
+    proc.join(10)
+    with FileRegistry(tmp_path).project_lock("shop", PROD, "deploy"):
+        pass
+
+
+def sources(registry=(), containers=(), listening=()):
+    return PortSources(frozenset(registry), frozenset(containers), frozenset(listening))
+
+
+def test_allocation_skips_every_source():
+    assert allocate_port_pair((4100, 4499), sources(), "production") == (4100, 4101)
+    assert allocate_port_pair((4100, 4499), sources(registry={4100, 4101}), "production") == (4102, 4103)
+    assert allocate_port_pair((4100, 4499), sources(containers={4101}), "production") == (4102, 4103)
+    assert allocate_port_pair((4100, 4499), sources(listening={4103}, registry={4100}), "production") == (4104, 4105)
+
+
+def test_full_range_is_a_clear_error():
+    with pytest.raises(PortRangeFull, match="staging's range 4500-4503"):
+        allocate_port_pair((4500, 4503), sources(registry={4500}, listening={4503}), "staging")
