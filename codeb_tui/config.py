@@ -85,6 +85,18 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    theme: str = "codeb-dark"
+    """The console's theme: codeb-dark, codeb-light, codeb-high-contrast (or any Textual theme)."""
+    keymap: dict[str, str] = field(default_factory=dict)
+    """Binding id -> keys (comma-separated), e.g. {deploy: ctrl+d}; ids are on the help screen."""
+    poll_interval: float = 1.0
+    """Seconds between live status polls (health of every slot with a container)."""
+    registry_watch_interval: float = 0.5
+    """Seconds between checks of the slot files for changes made by another process."""
+
+
+@dataclass(frozen=True)
 class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     environments: dict[str, EnvironmentConfig] = field(default_factory=_default_environments)
@@ -92,6 +104,7 @@ class Config:
     caddy: CaddyConfig = field(default_factory=CaddyConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     grace_hours: float = 48.0
     source: Path | None = None
 
@@ -274,6 +287,9 @@ def _check(config: Config) -> None:
     for key in ("timeout", "interval", "request_timeout"):
         if getattr(config.health, key) <= 0:
             raise ConfigError(f"health.{key}: must be greater than 0")
+    for key in ("poll_interval", "registry_watch_interval"):
+        if getattr(config.console, key) <= 0:
+            raise ConfigError(f"console.{key}: must be greater than 0")
     if config.grace_hours < 0:
         raise ConfigError("grace_hours: must be 0 or more")
     if config.database.dsn and not config.database.dsn.startswith(("postgres://", "postgresql://")):
