@@ -1,0 +1,30 @@
+"""The command palette offers the row actions by name: /we:deploy blog (production), ..."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from codeb_tui.tui import actions
+from codeb_tui.tui.rows import group_rows
+
+
+class OperationCommands(Provider):
+    def _commands(self):
+        app = self.app
+        for row in sorted(group_rows(app.status_rows), key=lambda r: (r.project, r.environment)):  # type: ignore[attr-defined]
+            for name, help_text in actions.ACTIONS.items():
+                yield (f"/we:{name} {row.project} ({row.environment})",
+                       partial(getattr(actions, name), app, row), help_text)
+
+    async def discover(self) -> Hits:
+        for text, callback, help_text in self._commands():
+            yield DiscoveryHit(text, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for text, callback, help_text in self._commands():
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), callback, help=help_text)

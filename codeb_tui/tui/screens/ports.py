@@ -1,0 +1,89 @@
+"""Port ranges with used and free pairs, and every disagreement between ssot.json, running
+containers and listening sockets, explained (Engine.ports_report)."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from codeb_tui.core.errors import CodebError
+
+EXPLAIN = {
+    "foreign_listener": "another program listens here; the allocator skips this pair",
+    "held_by_unknown_process": "allocated in ssot.json, yet a program that is not its container listens",
+    "container_not_in_registry": "a codeb container uses a port ssot.json does not allocate",
+    "owner_mismatch": "ssot.json and the container's label name different projects",
+}
+
+
+class PortsScreen(Screen):
+    BINDINGS = [
+        Binding("escape,q", "app.pop_screen", "Back", id="ports-back"),
+        Binding("r", "reload", "Reload", id="ports-reload"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="ports"):
+            yield Static("loading the port report…", id="ports-report")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        self._load()
+
+    @work(exclusive=True, group="ports", exit_on_error=False)
+    async def _load(self) -> None:
+        target = self.query_one("#ports-report", Static)
+        try:
+            report = await self.app.engine.ports_report()  # type: ignore[attr-defined]
+        except CodebError as exc:
+            target.update(Text(f"cannot build the port report: {exc}", style="bold red"))
+            return
+        target.update(render_report(report))
+
+
+def render_report(report: dict) -> Group:
+    parts = []
+    summary = Table(title="Port ranges", title_justify="left", expand=False)
+    for column in ("Environment", "Range", "Used pairs", "Free pairs"):
+        summary.add_column(column)
+    for env in report["environments"]:
+        low, high = env["range"]
+        summary.add_row(env["environment"], f"{low}-{high}", str(len(env["used_pairs"])),
+                        str(env["free_pairs"]))
+    parts.append(summary)
+    for env in report["environments"]:
+        if not env["used_pairs"]:
+            continue
+        table = Table(title=f"{env['environment']}: used pairs", title_justify="left", expand=False)
+        for column in ("Blue/Green", "Project (ssot.json)", "Listening", "Containers"):
+            table.add_column(column)
+        for pair in env["used_pairs"]:
+            table.add_row(f"{pair['blue']}/{pair['green']}",
+                          pair["project"] or Text("(not codeb)", style="yellow"),
+                          " ".join(map(str, pair["listening"])) or "-",
+                          " ".join(pair["containers"]) or "-")
+        parts.append(table)
+    conflicts = report["conflicts"]
+    if conflicts:
+        table = Table(title=f"{len(conflicts)} conflict(s)", title_justify="left", expand=False,
+                      title_style="bold red")
+        for column in ("Port", "Kind", "What it means"):
+            table.add_column(column)
+        for c in conflicts:
+            table.add_row(str(c["port"]), Text(c["kind"], style="bold red"),
+                          f"{c['detail']}\n({EXPLAIN.get(c['kind'], '')})")
+        parts.append(table)
+    else:
+        parts.append(Text("no conflicts: ssot.json, the containers and the listening sockets agree",
+                          style="green"))
+    return Group(*parts)
