@@ -42,7 +42,7 @@ class DeployModal(ModalScreen[str | None]):
                 what += "  - the rollback target: you will be asked to confirm"
             yield Static(what, id="dialog-body")
             yield Input(value=self._suggested(), placeholder="image reference, e.g. 127.0.0.1:5000/app:v2",
-                        id="image")
+                        id="image", select_on_focus=False)
             yield OptionList(id="images")
             yield Static("loading tags…", id="images-status")
 
