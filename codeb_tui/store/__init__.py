@@ -19,15 +19,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from codeb_tui.store.base import AuditRecord, DeploymentRecord, SlotRow, Store, StoreError
+from codeb_tui.store.base import (
+    ApiKeyRow,
+    AuditRecord,
+    DeploymentRecord,
+    SlotRow,
+    Store,
+    StoreError,
+    StoreRefused,
+    TeamRow,
+)
 
 __all__ = [
+    "ApiKeyRow",
     "AuditRecord",
     "DeploymentRecord",
     "Migration",
     "SlotRow",
     "Store",
     "StoreError",
+    "StoreRefused",
+    "TeamRow",
     "load_migrations",
     "open_store",
 ]

@@ -15,6 +15,11 @@ class StoreError(Exception):
     """The database could not be reached or refused a write. The message is one line."""
 
 
+class StoreRefused(StoreError):
+    """The database is fine but the request is refused: a duplicate name, an unknown or already
+    revoked API key. Bad input (exit 2), as opposed to an unreachable database."""
+
+
 @dataclass(frozen=True)
 class SlotRow:
     project: str
@@ -62,6 +67,30 @@ class AuditRecord:
     log: str = ""  # the operation's event lines
 
 
+@dataclass(frozen=True)
+class TeamRow:
+    id: int
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKeyRow:
+    """An API key as stored: never the key itself, and the SHA-256 hash is not carried either."""
+
+    id: int
+    team: str  # the team's name
+    name: str
+    role: str  # admin | member | viewer
+    prefix: str  # the 8 characters after "cb_" in the key
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
 class Store(Protocol):
     kind: str  # "postgresql" | "sqlite"
     description: str  # where it is, for messages ("sqlite /opt/codeb/codeb.sqlite3")
@@ -79,3 +108,19 @@ class Store(Protocol):
     async def list_deployments(self, project: str | None = None, limit: int = 100) -> list[DeploymentRecord]: ...
     async def list_audit(self, project: str | None = None, action: str | None = None,
                          limit: int = 100) -> list[AuditRecord]: ...
+
+    # teams and API keys (codeb_tui.core.access hashes and checks; the store only keeps rows)
+    async def create_team(self, name: str) -> TeamRow:
+        """StoreRefused "team <name> already exists" on a duplicate."""
+    async def list_teams(self) -> list[TeamRow]:
+        """Every team, by name."""
+    async def create_api_key(self, team: str, name: str, role: str, key_hash: str,
+                             prefix: str) -> ApiKeyRow:
+        """StoreRefused when the team does not exist or the prefix or hash is taken."""
+    async def list_api_keys(self, team: str | None = None) -> list[ApiKeyRow]:
+        """Keys (revoked ones too) by team name then creation; [] for an unknown team."""
+    async def revoke_api_key(self, prefix_or_id: str) -> ApiKeyRow:
+        """Set revoked_at on the key whose prefix (or, all digits, id) this is.
+        StoreRefused when no key matches or it is already revoked."""
+    async def find_api_key(self, key_hash: str) -> ApiKeyRow | None:
+        """The key with this SHA-256 hex hash (revoked or not), or None."""

@@ -21,7 +21,15 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from codeb_tui.store import clean_text, load_migrations, one_line, utc
-from codeb_tui.store.base import AuditRecord, DeploymentRecord, SlotRow, StoreError
+from codeb_tui.store.base import (
+    ApiKeyRow,
+    AuditRecord,
+    DeploymentRecord,
+    SlotRow,
+    StoreError,
+    StoreRefused,
+    TeamRow,
+)
 
 # pg_advisory_xact_lock key for migrations and schema creation ("codeb" in ASCII).
 MIGRATION_LOCK_KEY = 0x636F646562
@@ -90,6 +98,8 @@ _DEPLOYMENT_COLUMNS = ("operation_id, operation, project, environment, slot, ima
                        "started_at, finished_at, error, actor")
 _AUDIT_COLUMNS = ("operation_id, actor, action, project, environment, from_state, to_state, "
                   "result, duration_ms, created_at, team, detail, log")
+_SELECT_API_KEYS = ("SELECT k.id, t.name, k.name, k.role, k.prefix, k.created_at, k.revoked_at "
+                    "FROM api_keys k JOIN teams t ON t.id = k.team_id")
 
 # Errors that mean "the server is not there (any more)", as opposed to "it refused this".
 _UNREACHABLE = (
@@ -134,6 +144,11 @@ def _detail_from_text(text: str | None) -> dict[str, Any]:
     except ValueError:
         return {"raw": text}
     return value if isinstance(value, dict) else {"value": value}
+
+
+def _api_key(r: Any) -> ApiKeyRow:
+    return ApiKeyRow(id=int(r[0]), team=r[1], name=r[2], role=r[3], prefix=r[4],
+                     created_at=_ts(r[5]), revoked_at=_ts(r[6]))
 
 
 class PostgresStore:
@@ -361,6 +376,75 @@ class PostgresStore:
                             detail=_detail_from_text(r[11]), log=r[12] or "")
                 for r in rows
             ]
+
+    # --- teams and API keys -----------------------------------------------------------------
+
+    async def create_team(self, name: str) -> TeamRow:
+        async with self._conn("create_team") as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO teams (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING "
+                "RETURNING id, name, created_at", clean_text(name), datetime.now(UTC))
+        if row is None:
+            raise StoreRefused(f"team {name} already exists")
+        return TeamRow(id=int(row[0]), name=row[1], created_at=_ts(row[2]))
+
+    async def list_teams(self) -> list[TeamRow]:
+        async with self._conn("list_teams") as conn:
+            rows = await conn.fetch("SELECT id, name, created_at FROM teams ORDER BY name")
+            return [TeamRow(id=int(r[0]), name=r[1], created_at=_ts(r[2])) for r in rows]
+
+    async def create_api_key(self, team: str, name: str, role: str, key_hash: str,
+                             prefix: str) -> ApiKeyRow:
+        async with self._conn("create_api_key") as conn:
+            async with conn.transaction():
+                team_id = await conn.fetchval("SELECT id FROM teams WHERE name = $1", team)
+                if team_id is None:
+                    raise StoreRefused(f"team {team} does not exist")
+                try:
+                    row = await conn.fetchrow(
+                        "INSERT INTO api_keys (team_id, name, role, key_hash, prefix, created_at) "
+                        "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, created_at",
+                        team_id, clean_text(name) or "", role, key_hash, prefix, datetime.now(UTC))
+                except asyncpg.UniqueViolationError as exc:
+                    raise StoreRefused(f"API key prefix {prefix} is already taken") from exc
+        return ApiKeyRow(id=int(row[0]), team=team, name=clean_text(name) or "", role=role,
+                         prefix=prefix, created_at=_ts(row[1]))
+
+    async def list_api_keys(self, team: str | None = None) -> list[ApiKeyRow]:
+        sql, params = _SELECT_API_KEYS, []
+        if team is not None:
+            sql += " WHERE t.name = $1"
+            params.append(team)
+        sql += " ORDER BY t.name, k.created_at, k.id"
+        async with self._conn("list_api_keys") as conn:
+            return [_api_key(r) for r in await conn.fetch(sql, *params)]
+
+    async def revoke_api_key(self, prefix_or_id: str) -> ApiKeyRow:
+        wanted = str(prefix_or_id).strip()
+        async with self._conn("revoke_api_key") as conn:
+            async with conn.transaction():
+                # A prefix first; an all-digits argument that is no prefix is taken as the id.
+                row = await conn.fetchrow(
+                    _SELECT_API_KEYS + " WHERE k.prefix = $1 FOR UPDATE OF k", wanted)
+                if row is None and wanted.isdigit() and int(wanted) < 2**63:
+                    row = await conn.fetchrow(
+                        _SELECT_API_KEYS + " WHERE k.id = $1 FOR UPDATE OF k", int(wanted))
+                if row is None:
+                    raise StoreRefused(f"no API key with prefix or id {wanted}")
+                key = _api_key(row)
+                if key.revoked_at is not None:
+                    raise StoreRefused(f"API key cb_{key.prefix} is already revoked (since "
+                                       f"{key.revoked_at:%Y-%m-%dT%H:%M:%S.%fZ})")
+                revoked_at = await conn.fetchval(
+                    "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 RETURNING revoked_at",
+                    datetime.now(UTC), key.id)
+        return ApiKeyRow(id=key.id, team=key.team, name=key.name, role=key.role,
+                         prefix=key.prefix, created_at=key.created_at, revoked_at=_ts(revoked_at))
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRow | None:
+        async with self._conn("find_api_key") as conn:
+            row = await conn.fetchrow(_SELECT_API_KEYS + " WHERE k.key_hash = $1", key_hash)
+            return None if row is None else _api_key(row)
 
 
 def _ts(value: datetime | None) -> datetime | None:

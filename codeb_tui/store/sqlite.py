@@ -21,7 +21,15 @@ from typing import Any
 import aiosqlite
 
 from codeb_tui.store import clean_text, load_migrations, one_line, utc
-from codeb_tui.store.base import AuditRecord, DeploymentRecord, SlotRow, StoreError
+from codeb_tui.store.base import (
+    ApiKeyRow,
+    AuditRecord,
+    DeploymentRecord,
+    SlotRow,
+    StoreError,
+    StoreRefused,
+    TeamRow,
+)
 
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -86,6 +94,8 @@ _DEPLOYMENT_COLUMNS = ("operation_id, operation, project, environment, slot, ima
                        "started_at, finished_at, error, actor")
 _AUDIT_COLUMNS = ("operation_id, actor, action, project, environment, from_state, to_state, "
                   "result, duration_ms, created_at, team, detail, log")
+_SELECT_API_KEYS = ("SELECT k.id, t.name, k.name, k.role, k.prefix, k.created_at, k.revoked_at "
+                    "FROM api_keys k JOIN teams t ON t.id = k.team_id")
 
 
 def to_text(value: datetime | None) -> str | None:
@@ -121,6 +131,11 @@ def _detail_from_text(text: str | None) -> dict[str, Any]:
     except ValueError:
         return {"raw": text}
     return value if isinstance(value, dict) else {"value": value}
+
+
+def _api_key(r: Any) -> ApiKeyRow:
+    return ApiKeyRow(id=int(r[0]), team=r[1], name=r[2], role=r[3], prefix=r[4],
+                     created_at=from_text(r[5]), revoked_at=from_text(r[6]))
 
 
 class SqliteStore:
@@ -328,3 +343,72 @@ class SqliteStore:
                             detail=_detail_from_text(r[11]), log=r[12] or "")
                 for r in rows
             ]
+
+    # --- teams and API keys -----------------------------------------------------------------
+
+    async def create_team(self, name: str) -> TeamRow:
+        async with self._transaction("create_team") as db:
+            rows = list(await db.execute_fetchall(
+                "INSERT INTO teams (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING "
+                "RETURNING id, name, created_at", (clean_text(name), to_text(datetime.now(UTC)))))
+        if not rows:
+            raise StoreRefused(f"team {name} already exists")
+        return TeamRow(id=int(rows[0][0]), name=rows[0][1], created_at=from_text(rows[0][2]))
+
+    async def list_teams(self) -> list[TeamRow]:
+        async with self._session("list_teams") as db:
+            rows = await db.execute_fetchall("SELECT id, name, created_at FROM teams ORDER BY name")
+            return [TeamRow(id=int(r[0]), name=r[1], created_at=from_text(r[2])) for r in rows]
+
+    async def create_api_key(self, team: str, name: str, role: str, key_hash: str,
+                             prefix: str) -> ApiKeyRow:
+        now = datetime.now(UTC)
+        async with self._transaction("create_api_key") as db:
+            found = list(await db.execute_fetchall("SELECT id FROM teams WHERE name = ?", (team,)))
+            if not found:
+                raise StoreRefused(f"team {team} does not exist")
+            taken = await db.execute_fetchall(
+                "SELECT 1 FROM api_keys WHERE prefix = ? OR key_hash = ?", (prefix, key_hash))
+            if taken:
+                raise StoreRefused(f"API key prefix {prefix} is already taken")
+            rows = list(await db.execute_fetchall(
+                "INSERT INTO api_keys (team_id, name, role, key_hash, prefix, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (int(found[0][0]), clean_text(name) or "", role, key_hash, prefix, to_text(now))))
+        return ApiKeyRow(id=int(rows[0][0]), team=team, name=clean_text(name) or "", role=role,
+                         prefix=prefix, created_at=from_text(to_text(now)))
+
+    async def list_api_keys(self, team: str | None = None) -> list[ApiKeyRow]:
+        sql, params = _SELECT_API_KEYS, []
+        if team is not None:
+            sql += " WHERE t.name = ?"
+            params.append(team)
+        sql += " ORDER BY t.name, k.created_at, k.id"
+        async with self._session("list_api_keys") as db:
+            return [_api_key(r) for r in await db.execute_fetchall(sql, params)]
+
+    async def revoke_api_key(self, prefix_or_id: str) -> ApiKeyRow:
+        wanted = str(prefix_or_id).strip()
+        now = to_text(datetime.now(UTC))
+        async with self._transaction("revoke_api_key") as db:
+            # A prefix first; an all-digits argument that is no prefix is taken as the key's id.
+            rows = list(await db.execute_fetchall(_SELECT_API_KEYS + " WHERE k.prefix = ?",
+                                                  (wanted,)))
+            if not rows and wanted.isdigit() and int(wanted) < 2**63:
+                rows = list(await db.execute_fetchall(_SELECT_API_KEYS + " WHERE k.id = ?",
+                                                      (int(wanted),)))
+            if not rows:
+                raise StoreRefused(f"no API key with prefix or id {wanted}")
+            key = _api_key(rows[0])
+            if key.revoked_at is not None:
+                raise StoreRefused(f"API key cb_{key.prefix} is already revoked "
+                                   f"(since {to_text(key.revoked_at)})")
+            await db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now, key.id))
+        return _api_key((key.id, key.team, key.name, key.role, key.prefix,
+                         to_text(key.created_at), now))
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRow | None:
+        async with self._session("find_api_key") as db:
+            rows = list(await db.execute_fetchall(_SELECT_API_KEYS + " WHERE k.key_hash = ?",
+                                                  (key_hash,)))
+            return _api_key(rows[0]) if rows else None
