@@ -61,3 +61,15 @@ class HealthCheckFailed(OperationFailed):
 
 class ProxyApplyFailed(OperationFailed):
     pass
+
+
+class AccessDenied(CodebError):
+    """An API key that is missing, unknown, revoked or whose role does not allow the action
+    (codeb_tui.core.access). The message always starts with "Access Denied:"."""
+
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, message: str) -> None:
+        if not message.startswith("Access Denied:"):
+            message = f"Access Denied: {message}"
+        super().__init__(message)
