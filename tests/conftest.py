@@ -168,3 +168,66 @@ def run_cli(*args: str, config: Path | None = None, env: dict | None = None,
         cmd += ["--config", str(config)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+# --- the secondary store on both backends (shared by test_store.py and test_access.py) ---------
+# PostgreSQL tests use a fresh schema (codeb_test_<random>) dropped afterwards; they FAIL when
+# PostgreSQL is unreachable unless CODEB_SKIP_PG=1. Server: CODEB_TEST_PG_DSN (default
+# postgresql://postgres@127.0.0.1:5432/test).
+
+STORE_PG_DSN = os.environ.get("CODEB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+STORE_SKIP_PG = os.environ.get("CODEB_SKIP_PG") == "1"
+STORE_BACKENDS = ["sqlite", "postgresql"]
+
+
+async def drop_pg_schema(schema: str) -> None:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(STORE_PG_DSN, timeout=5)
+    except Exception:
+        return  # the test itself already failed on the unreachable server
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_schema():
+    if STORE_SKIP_PG:
+        pytest.skip("CODEB_SKIP_PG=1")
+    return "codeb_test_" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def make_store(request, tmp_path):
+    """A factory of unconnected stores on one database (request.param: "sqlite" or
+    "postgresql"); all are closed (and the PG schema dropped) afterwards."""
+    from codeb_tui.store import open_store
+
+    backend = request.param
+    stores = []
+    schema = request.getfixturevalue("pg_schema") if backend == "postgresql" else None
+    sqlite_path = tmp_path / "nested" / "dir" / "codeb.sqlite3"
+
+    def make():
+        dsn = STORE_PG_DSN if backend == "postgresql" else None
+        store = open_store(dsn, sqlite_path, 3.0, schema=schema or "public")
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+    if schema is not None:
+        await drop_pg_schema(schema)
+
+
+@pytest.fixture
+async def store(make_store):
+    """A connected, migrated store (parametrise `make_store` indirectly to pick the backend)."""
+    s = make_store()
+    await s.connect()
+    await s.migrate()
+    return s
