@@ -1,0 +1,150 @@
+"""The console driven by its keys against the real services: deploy, promote and rollback, then
+the registry and what Caddy routes are checked. Also: outside changes, locks, config checks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from codeb_tui.core.engine import Engine
+from codeb_tui.core.errors import ConfigError
+from codeb_tui.core.model import Environment
+from codeb_tui.tui.app import CodebApp
+from codeb_tui.tui.screens.confirm import ConfirmModal
+from codeb_tui.tui.screens.deploy import DeployModal
+from codeb_tui.tui.screens.main import MainScreen
+from tests.conftest import collect, image, terminal, through_caddy
+
+from codeb_tui.core import events
+
+
+async def until(pilot, predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def table_keys(app: CodebApp) -> list[str]:
+    screen = app.get_default_screen() if not isinstance(app.screen, MainScreen) else app.screen
+    return [r.key for r in screen.shown]
+
+
+async def test_deploy_promote_rollback_by_keys(make_config, prefix):
+    config = make_config()
+    project = f"{prefix}-tui"
+    engine = Engine(config)
+    try:
+        assert isinstance(terminal(await collect(engine.deploy(project, image("v1")))), events.Finished)
+        assert isinstance(terminal(await collect(engine.promote(project))), events.Finished)
+        app = CodebApp(config, engine=engine)
+        async with app.run_test(size=(120, 40)) as pilot:
+            main = app.screen
+            assert isinstance(main, MainScreen)
+            await until(pilot, lambda: f"{project}/production" in [r.key for r in main.shown], what="the row")
+
+            # deploy v2 through the image picker (free entry)
+            await pilot.press("d")
+            await until(pilot, lambda: isinstance(app.screen, DeployModal), what="the image picker")
+            app.screen.query_one("#image").value = image("v2")
+            await pilot.press("enter")
+            await until(pilot, lambda: app.operations and not app.operations[-1].running, what="deploy")
+            record = app.operations[-1]
+            assert record.state == "succeeded", record.lines
+            assert any("health check" in line for line in record.lines)
+            pair = engine.registry.read_slots(project, Environment.PRODUCTION)
+            assert (pair.green.state.value, pair.green.image) == ("deployed", image("v2"))
+            assert "v1" in through_caddy(f"{project}.prod.test").text
+
+            # promote: a production confirmation wants the project name typed
+            await pilot.press("p")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the confirmation")
+            body = str(app.screen.query_one("#dialog-body").render())
+            assert "green" in body and image("v2") in body and "-> grace" in body
+            await pilot.press("enter")  # nothing typed: refused, still open
+            assert isinstance(app.screen, ConfirmModal)
+            await pilot.press(*project, "enter")
+            await until(pilot, lambda: not app.operations[-1].running and app.operations[-1].operation == "promote",
+                        what="promote")
+            assert app.operations[-1].state == "succeeded", app.operations[-1].lines
+            pair = engine.registry.read_slots(project, Environment.PRODUCTION)
+            assert (pair.green.state.value, pair.blue.state.value) == ("active", "grace")
+            assert "v2" in through_caddy(f"{project}.prod.test").text
+
+            # rollback
+            await pilot.press("r")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the confirmation")
+            await pilot.press(*project, "enter")
+            await until(pilot, lambda: not app.operations[-1].running and app.operations[-1].operation == "rollback",
+                        what="rollback")
+            assert app.operations[-1].state == "succeeded", app.operations[-1].lines
+            pair = engine.registry.read_slots(project, Environment.PRODUCTION)
+            assert (pair.blue.state.value, pair.green.state.value) == ("active", "grace")
+            assert "v1" in through_caddy(f"{project}.prod.test").text
+
+            # each operation kept its log, in the operations screen too
+            assert [r.operation for r in app.operations] == ["deploy", "promote", "rollback"]
+            await pilot.press("o")
+            await pilot.pause()
+            assert app.screen.query_one("#ops-list").option_count == 3
+    finally:
+        await engine.aclose()
+
+
+async def test_outside_changes_locks_and_failures_are_shown(make_config, prefix):
+    config = make_config()
+    project = f"{prefix}-out"
+    engine = Engine(config)
+    try:
+        app = CodebApp(config, engine=engine)
+        async with app.run_test(size=(100, 30)) as pilot:
+            main = app.screen
+            # another process (here: the engine, outside the console) deploys: shown within 2 s
+            assert isinstance(terminal(await collect(engine.deploy(project, image("v1")))), events.Finished)
+            seen = time.monotonic()
+            await until(pilot, lambda: f"{project}/production" in [r.key for r in main.shown], timeout=2.0,
+                        what="the outside deploy")
+            assert time.monotonic() - seen < 2.0
+            row = main.shown[0]
+            assert row.blue.state == "deployed"
+
+            # a lock held by someone else: the failure names the holder
+            with engine.registry.project_lock(project, Environment.PRODUCTION, "deploy (by a colleague)"):
+                app.start_operation("deploy", project, "production", image=image("v2"))
+                await until(pilot, lambda: not app.operations[-1].running, what="the refusal")
+            record = app.operations[-1]
+            assert record.state == "refused"
+            assert "locked" in record.error and "deploy (by a colleague)" in record.error and "pid" in record.error
+
+            # a failing image: shown, never swallowed; the registry is untouched
+            app.start_operation("deploy", project, "production", image=image("nope-missing"))
+            await until(pilot, lambda: not app.operations[-1].running, what="the failure")
+            assert app.operations[-1].state == "failed"
+            assert "Image not found" in app.operations[-1].error
+            log_text = "\n".join(main.query_one("#oplog").lines)
+            assert "Image not found" in log_text
+            pair = engine.registry.read_slots(project, Environment.PRODUCTION)
+            assert pair.blue.image == image("v1")
+    finally:
+        await engine.aclose()
+
+
+def test_console_config_is_checked(make_config):
+    with pytest.raises(ConfigError, match="console.keymap.nope"):
+        CodebApp(make_config(console={"keymap": {"nope": "x"}}), live=False)
+    with pytest.raises(ConfigError, match="console.theme"):
+        CodebApp(make_config(console={"theme": "no-such-theme"}), live=False)
+
+
+async def test_keymap_remaps_a_binding(make_config):
+    app = CodebApp(make_config(console={"keymap": {"ports": "f5"}}), live=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("t")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        await pilot.press("f5")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "PortsScreen"
