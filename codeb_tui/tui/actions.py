@@ -74,7 +74,7 @@ def promote(app: CodebApp, row: ProjectRow) -> None:
         lines.append("  no slot is active yet: this is the first production traffic")
     if row.grace is not None:
         lines.append(f"  the current grace slot {row.grace.name} ({row.grace.image}) is unaffected")
-    if target.health != "healthy":
+    if target.health == "unhealthy":
         lines.append(f"  warning: {target.name} is {target.health}; the final health check will refuse it")
     _confirm(app, row, "Promote?", lines, "Promote", "promote")
 
@@ -90,7 +90,7 @@ def rollback(app: CodebApp, row: ProjectRow) -> None:
              f"  to    {describe(grace)}  -> active"]
     if active is not None:
         lines.append(f"  from  {describe(active)}  -> grace for {app.config.grace_hours:g} h")
-    if grace.health != "healthy":
+    if grace.health == "unhealthy":
         lines.append(f"  warning: {grace.name} is {grace.health}; the engine refuses an unhealthy grace slot")
     _confirm(app, row, "Roll back?", lines, "Roll back", "rollback")
 
