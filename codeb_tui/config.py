@@ -63,9 +63,21 @@ class CaddyConfig:
     url_scheme: str = "http"
     config_dir: Path = Path("/opt/codeb/caddy")
     keep_backups: int = 20
-    close_connections: bool = True
-    """Answer with `Connection: close` so a config switch never kills an idle keep-alive
-    connection a client is about to reuse (see bench/switch.py)."""
+    switch_mode: str = "file"
+    """How promote and rollback switch traffic. `file`: the config routes each production host to
+    both slots, each route gated by a marker file in `switch_dir` that Caddy checks per request,
+    so a switch is a rename and Caddy never reloads. `reload`: the config routes to the active
+    slot only and every switch POSTs a new config (a reload: idle keep-alive connections and
+    connections queued on the old listener are cut; see bench/switch.py)."""
+    switch_dir: Path | None = None
+    """Where the marker files live; Caddy must be able to read it. Default: config_dir/switch."""
+    close_connections: bool = False
+    """Answer with `Connection: close`, so that a reload finds no idle keep-alive connection to
+    cut (costs a TCP handshake per request)."""
+
+    @property
+    def markers(self) -> Path:
+        return self.switch_dir or self.config_dir / "switch"
 
 
 @dataclass(frozen=True)
@@ -276,6 +288,8 @@ def _check(config: Config) -> None:
                 raise ConfigError(f"environments.{name}.{key}: must contain {{project}}")
         if "{slot}" not in env.preview_domain:
             raise ConfigError(f"environments.{name}.preview_domain: must contain {{slot}}")
+    if config.caddy.switch_mode not in ("file", "reload"):
+        raise ConfigError("caddy.switch_mode: expected file or reload")
     if config.caddy.url_scheme not in ("http", "https"):
         raise ConfigError("caddy.url_scheme: expected http or https")
     if ":" not in config.caddy.listen:

@@ -36,7 +36,7 @@ from codeb_tui.core.model import (
 )
 from codeb_tui.core.operation import OperationRun, run_operation
 from codeb_tui.core.ports import PortSources, allocate_port_pair
-from codeb_tui.core.proxy import build_caddy_config
+from codeb_tui.core.proxy import build_caddy_config, route_count, wanted_markers
 from codeb_tui.infra.docker_engine import ContainerInfo, labels_for
 from codeb_tui.infra.host import Host, LocalHost
 from codeb_tui.registry.files import FileRegistry, atomic_write_json
@@ -217,7 +217,7 @@ class Engine:
                 )
                 after = pair.with_slot(deployed)
                 async with run.step("update proxy and registry"):
-                    await self._commit(run, after, expected_version=pair.version)
+                    await self._commit(run, None if reserved else pair, after, expected_version=pair.version)
             except BaseException:
                 await self._undo_deploy(run, name, new, old, old_was_running, reserved, project)
                 raise
@@ -331,32 +331,72 @@ class Engine:
             self.registry.write_ssot(ssot)
 
     # proxy -----------------------------------------------------------------------------------
-    async def _commit(self, run: OperationRun, after: ProjectSlots, expected_version: int) -> ProjectSlots:
-        """Apply the proxy config generated from the registry as it will be, then write the slot
-        file. Under the proxy lock, so two switches never interleave; a rejected config or a
-        failed write restores the previous proxy config."""
-        caddy = self.host.caddy
+    async def _commit(self, run: OperationRun, before: ProjectSlots | None, after: ProjectSlots,
+                      expected_version: int) -> ProjectSlots:
+        """Switch the proxy to what the registry will be, then write the slot file.
+
+        Under the proxy lock, so two switches never interleave. The config generated from the
+        registry is loaded only when it differs from the live one (Caddy reloads on every load);
+        then the switch markers are set. A rejected config or a failed write restores the
+        previous config and markers."""
         with self.registry.global_lock("proxy", f"{run.operation} {run.project} ({run.environment})"):
             others = [p for p in self.registry.read_all()
                       if (p.project, p.environment) != (after.project, after.environment)]
             config = build_caddy_config(self.config, others + [after])
-            backup = await caddy.current() or {"admin": config["admin"]}
-            backup_path = self._save_backup(backup)
-            run.log(f"backed up the live proxy config to {backup_path}")
+            backup = await self._load_proxy_config(run, config)
             try:
-                await caddy.load(config)
-                run.log(f"proxy config applied ({len(config['apps']['http']['servers']['codeb']['routes']) - 1} routes)")
+                await self._set_markers(after.project, after.environment, [after])
                 written = self.registry.write_slots(after, expected_version=expected_version)
             except BaseException as exc:
-                run.log(f"{exc}; restoring the previous proxy config", level="error")
-                try:
-                    await caddy.load(backup)
-                    run.log("previous proxy config re-applied")
-                except ProxyApplyFailed as again:
-                    raise ProxyApplyFailed(f"{exc}; re-applying the backup failed too: {again}") from None
+                run.log(f"{exc}; restoring the previous proxy state", level="error")
+                await self._set_markers(after.project, after.environment, [before] if before else [])
+                if backup is not None:
+                    await self._restore_proxy_config(run, backup, exc)
                 raise
             atomic_write_json(self.config.caddy.config_dir / "caddy.json", config)
             return written
+
+    async def _load_proxy_config(self, run: OperationRun, config: dict) -> dict | None:
+        """Load `config` into Caddy unless it is already live. Returns the backup of what was
+        live when a load happened, None when nothing was loaded."""
+        caddy = self.host.caddy
+        live = await caddy.current()
+        if live == config:
+            run.log("proxy config unchanged: no reload")
+            return None
+        backup = live or {"admin": config["admin"]}
+        run.log(f"backed up the live proxy config to {self._save_backup(backup)}")
+        try:
+            await caddy.load(config)
+        except ProxyApplyFailed as exc:
+            await self._restore_proxy_config(run, backup, exc)
+            raise
+        run.log(f"proxy config applied ({route_count(config)} routes)")
+        return backup
+
+    async def _restore_proxy_config(self, run: OperationRun, backup: dict, cause: BaseException) -> None:
+        run.log(f"{cause}; re-applying the previous proxy config", level="error")
+        try:
+            await self.host.caddy.load(backup)
+        except ProxyApplyFailed as again:
+            raise ProxyApplyFailed(f"{cause}; re-applying the backup failed too: {again}") from None
+        run.log("previous proxy config re-applied")
+
+    async def _set_markers(self, project: str, environment: Environment,
+                           pairs: list[ProjectSlots]) -> None:
+        """Make the switch markers of one project+environment match `pairs` (file mode). New
+        markers are created before stale ones are removed, so there is never a moment with no
+        route: while both exist, the route listed first (blue) answers."""
+        if self.config.caddy.switch_mode != "file":
+            return
+        directory = self.config.caddy.markers
+        prefix = f"{project}-{environment.suffix}."
+        present = {n for n in await self.host.list_files(directory) if n.startswith(prefix)}
+        wanted = wanted_markers(pairs)
+        for name in sorted(wanted - present):
+            await self.host.create_file(directory / name)
+        for name in sorted(present - wanted):
+            await self.host.remove_file(directory / name)
 
     def _save_backup(self, config: dict) -> str:
         backups = self.config.caddy.config_dir / "backups"
@@ -368,10 +408,20 @@ class Engine:
         return str(path)
 
     async def apply_proxy(self) -> dict:
-        """Re-apply the proxy config generated from the registry as it is (reconcile, start-up)."""
+        """Make the proxy serve the registry as it is: config and switch markers (reconcile,
+        start-up after a Caddy restart)."""
         with self.registry.global_lock("proxy", "apply proxy config"):
-            config = build_caddy_config(self.config, self.registry.read_all())
+            pairs = self.registry.read_all()
+            config = build_caddy_config(self.config, pairs)
             await self.host.caddy.load(config)
+            if self.config.caddy.switch_mode == "file":
+                directory = self.config.caddy.markers
+                wanted = wanted_markers(pairs)
+                present = await self.host.list_files(directory)
+                for name in sorted(wanted - present):
+                    await self.host.create_file(directory / name)
+                for name in sorted(n for n in present - wanted if n.endswith((".live", ".preview"))):
+                    await self.host.remove_file(directory / name)
             atomic_write_json(self.config.caddy.config_dir / "caddy.json", config)
             return config
 
@@ -406,7 +456,7 @@ class Engine:
                     state=SlotState.GRACE,
                     grace_expires_at=now + timedelta(hours=self.config.grace_hours)))
             async with run.step("switch proxy"):
-                await self._commit(run, after, expected_version=pair.version)
+                await self._commit(run, pair, after, expected_version=pair.version)
         url = self.config.production_url(project, env)
         kept = (f"; {previous.name.value} ({previous.image}) kept in grace for "
                 f"{self.config.grace_hours:g} h") if previous else ""
@@ -438,7 +488,7 @@ class Engine:
                     state=SlotState.GRACE,
                     grace_expires_at=now + timedelta(hours=self.config.grace_hours)))
             async with run.step("switch proxy"):
-                await self._commit(run, after, expected_version=pair.version)
+                await self._commit(run, pair, after, expected_version=pair.version)
         url = self.config.production_url(project, env)
         return (f"{project} ({env.value}) rolled back to {grace.name.value} ({grace.image}) at {url}",
                 {"slot": grace.name.value, "port": grace.port, "image": grace.image, "url": url,
@@ -493,12 +543,9 @@ class Engine:
                                 f"{left.total_seconds() / 3600:.1f} h left; kept")
                         continue
                     async with run.step(f"remove {name} ({env.value}) {slot.name.value}"):
-                        await self.host.docker.remove(slot.container_name or slot.container_id or "")
                         after = pair.with_slot(slot.emptied())
-                        if slot.state is SlotState.DEPLOYED:
-                            await self._commit(run, after, expected_version=pair.version)
-                        else:  # a grace slot has no route: the proxy stays as it is
-                            self.registry.write_slots(after, expected_version=pair.version)
+                        await self._commit(run, pair, after, expected_version=pair.version)
+                        await self.host.docker.remove(slot.container_name or slot.container_id or "")
                         pair = self.registry.read_slots(name, env)
                         run.slot, run.from_state, run.to_state = slot.name.value, slot.state.value, "empty"
                         cleaned.append(f"{name}-{env.suffix}-{slot.name.value}")

@@ -1,65 +1,116 @@
 """The whole Caddy configuration, generated from the registry (never patched as strings).
 
-One server on `caddy.listen`; per project+environment a route on its production domain to the
-active slot, and a route on each deployed slot's preview domain. Anything else gets a 404.
+One server on `caddy.listen`. Two ways to route a project+environment (`caddy.switch_mode`):
+
+- `file` (default): the production host has a route to each slot, each gated by a marker file
+  (`<project>-<suffix>.<slot>.live`) that Caddy's `file` matcher checks on every request; preview
+  hosts likewise (`.preview`). The config then depends only on which project+environments exist,
+  so a promote or a rollback creates one marker and removes the other: no reload, no connection
+  cut. Blue's route comes first, so while both markers exist for an instant blue answers.
+- `reload`: the production host routes to the active slot and each preview host to its slot;
+  every switch loads a new config.
+
+Anything else gets a 404.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from codeb_tui.config import Config
-from codeb_tui.core.model import ProjectSlots, SlotState
+from codeb_tui.core.model import ProjectSlots, SlotName, SlotState
 
 SERVER_NAME = "codeb"
+LIVE_STATES = (SlotState.DEPLOYED, SlotState.ACTIVE, SlotState.GRACE)
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    host: str
+    port: int
+    tag: str  # codeb-<project>-<suffix>-<slot>[-preview]
+    marker: str | None  # file mode: the marker file gating this route
 
 
 def _host(url: str) -> str:
     return urlsplit(url).hostname or url
 
 
-def _route(host: str, dial: str, tag: str, close_connections: bool) -> dict[str, Any]:
+def marker_name(pair: ProjectSlots, slot: SlotName, kind: str) -> str:
+    return f"{pair.project}-{pair.environment.suffix}.{slot.value}.{kind}"
+
+
+def wanted_markers(all_slots: list[ProjectSlots]) -> set[str]:
+    """The marker files that should exist for the registry as given (file mode)."""
+    names = set()
+    for pair in all_slots:
+        for slot in pair.slots():
+            if slot.state is SlotState.ACTIVE:
+                names.add(marker_name(pair, slot.name, "live"))
+            if slot.state in LIVE_STATES:
+                names.add(marker_name(pair, slot.name, "preview"))
+    return names
+
+
+def routes_for(config: Config, all_slots: list[ProjectSlots]) -> list[Route]:
+    """Every route, in the order Caddy tries them (stable, so an unchanged registry gives an
+    identical config and Caddy does not reload)."""
+    file_mode = config.caddy.switch_mode == "file"
+    routes = []
+    for pair in sorted(all_slots, key=lambda p: (p.project, p.environment.value)):
+        env = pair.environment
+        production = _host(config.production_url(pair.project, env))
+        for slot in pair.slots():  # blue first
+            tag = f"{pair.project}-{env.suffix}-{slot.name.value}"
+            preview = _host(config.preview_url(pair.project, env, slot.name.value))
+            if file_mode:
+                routes.append(Route(production, slot.port, tag, marker_name(pair, slot.name, "live")))
+                routes.append(Route(preview, slot.port, tag + "-preview",
+                                    marker_name(pair, slot.name, "preview")))
+                continue
+            if slot.state is SlotState.ACTIVE:
+                routes.append(Route(production, slot.port, tag, None))
+            if slot.state in LIVE_STATES:
+                routes.append(Route(preview, slot.port, tag + "-preview", None))
+    return routes
+
+
+def live_routes(config: Config, all_slots: list[ProjectSlots]) -> dict[str, int]:
+    """host -> port as traffic flows for this registry, in either mode (reconcile compares it)."""
+    markers = wanted_markers(all_slots)
+    live: dict[str, int] = {}
+    for route in routes_for(config, all_slots):
+        if route.marker is None or route.marker in markers:
+            live.setdefault(route.host, route.port)
+    return live
+
+
+def _caddy_route(route: Route, config: Config) -> dict[str, Any]:
+    match: dict[str, Any] = {"host": [route.host]}
+    if route.marker is not None:
+        match["file"] = {"root": str(config.caddy.markers), "try_files": ["/" + route.marker]}
     handlers: list[dict[str, Any]] = []
-    if close_connections:
+    if config.caddy.close_connections:
         handlers.append({"handler": "headers", "response": {"set": {"Connection": ["close"]}}})
     handlers.append({
         "handler": "reverse_proxy",
-        "upstreams": [{"dial": dial}],
-        "headers": {"request": {"set": {"X-Codeb-Slot": [tag]}}},
+        "upstreams": [{"dial": f"{config.docker.bind_address}:{route.port}"}],
+        "headers": {"request": {"set": {"X-Codeb-Slot": [route.tag]}}},
     })
-    return {"@id": f"codeb-{tag}", "match": [{"host": [host]}], "handle": handlers, "terminal": True}
-
-
-def routes_for(config: Config, all_slots: list[ProjectSlots]) -> list[tuple[str, int, str]]:
-    """(host, port, tag) for every route, sorted so the config is stable."""
-    routes = []
-    for pair in all_slots:
-        env = pair.environment
-        active = pair.active
-        if active is not None:
-            host = _host(config.production_url(pair.project, env))
-            routes.append((host, active.port, f"{pair.project}-{env.suffix}-{active.name.value}"))
-        for slot in pair.slots():
-            if slot.state in (SlotState.DEPLOYED, SlotState.ACTIVE, SlotState.GRACE):
-                host = _host(config.preview_url(pair.project, env, slot.name.value))
-                routes.append((host, slot.port, f"{pair.project}-{env.suffix}-{slot.name.value}-preview"))
-    return sorted(routes)
+    return {"@id": route.tag, "match": [match], "handle": handlers, "terminal": True}
 
 
 def build_caddy_config(config: Config, all_slots: list[ProjectSlots]) -> dict[str, Any]:
-    bind = config.docker.bind_address
-    routes = [
-        _route(host, f"{bind}:{port}", tag, config.caddy.close_connections)
-        for host, port, tag in routes_for(config, all_slots)
-    ]
+    routes = [_caddy_route(route, config) for route in routes_for(config, all_slots)]
     routes.append({
         "handle": [{"handler": "static_response", "status_code": 404,
                     "body": "codeb: no site for this host\n"}],
     })
-    admin_listen = urlsplit(config.caddy.admin).netloc
     return {
-        "admin": {"listen": admin_listen},
+        "admin": {"listen": urlsplit(config.caddy.admin).netloc},
         "apps": {
             "http": {
                 "servers": {
@@ -72,3 +123,11 @@ def build_caddy_config(config: Config, all_slots: list[ProjectSlots]) -> dict[st
             }
         },
     }
+
+
+def route_count(caddy_config: dict[str, Any]) -> int:
+    return len(caddy_config["apps"]["http"]["servers"][SERVER_NAME]["routes"]) - 1
+
+
+def marker_path(config: Config, name: str) -> Path:
+    return config.caddy.markers / name

@@ -5,6 +5,7 @@ SSH is a second implementation of the same class, not a rewrite of the engine.""
 from __future__ import annotations
 
 import abc
+import os
 from pathlib import Path
 
 from codeb_tui.config import Config
@@ -35,6 +36,18 @@ class Host(abc.ABC):
     async def listening_ports(self) -> set[int]:
         """TCP ports some program listens on, on this host (any address)."""
 
+    @abc.abstractmethod
+    async def list_files(self, directory: Path) -> set[str]:
+        """Names of the files in `directory` (empty when it does not exist)."""
+
+    @abc.abstractmethod
+    async def create_file(self, path: Path) -> None:
+        """Create an empty file (the proxy's switch markers), parents included."""
+
+    @abc.abstractmethod
+    async def remove_file(self, path: Path) -> None:
+        """Remove a file; a missing one is fine."""
+
     async def aclose(self) -> None:
         await self.health.aclose()
         self.docker.close()
@@ -50,6 +63,19 @@ class LocalHost(Host):
         self.health = HealthChecker(
             config.docker.bind_address, config.health.path, config.health.request_timeout
         )
+
+    async def list_files(self, directory: Path) -> set[str]:
+        try:
+            return {entry.name for entry in os.scandir(directory) if entry.is_file()}
+        except FileNotFoundError:
+            return set()
+
+    async def create_file(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+
+    async def remove_file(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
 
     async def listening_ports(self) -> set[int]:
         ports: set[int] = set()
