@@ -64,6 +64,35 @@ ON CONFLICT (project_id, environment, slot) DO UPDATE SET
     updated_at = EXCLUDED.updated_at
 """
 
+# Reconcile's batch: one statement over arrays, the project id joined by name.
+_SYNC_SLOTS = """
+INSERT INTO project_slots (project_id, environment, slot, state, port, image, container_id,
+                           deployed_at, promoted_at, grace_expires_at, version, updated_at)
+SELECT p.id, u.environment, u.slot, u.state, u.port, u.image, u.container_id, u.deployed_at,
+       u.promoted_at, u.grace_expires_at, u.version, $12
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::text[],
+            $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::bigint[])
+     AS u(project, environment, slot, state, port, image, container_id, deployed_at,
+          promoted_at, grace_expires_at, version)
+JOIN projects p ON p.name = u.project
+ON CONFLICT (project_id, environment, slot) DO UPDATE SET
+    state = EXCLUDED.state,
+    port = EXCLUDED.port,
+    image = EXCLUDED.image,
+    container_id = EXCLUDED.container_id,
+    deployed_at = EXCLUDED.deployed_at,
+    promoted_at = EXCLUDED.promoted_at,
+    grace_expires_at = EXCLUDED.grace_expires_at,
+    version = EXCLUDED.version,
+    updated_at = EXCLUDED.updated_at
+"""
+_DELETE_SLOTS = """
+DELETE FROM project_slots s USING projects p,
+     unnest($1::text[], $2::text[], $3::text[]) AS d(project, environment, slot)
+WHERE p.id = s.project_id AND p.name = d.project AND s.environment = d.environment
+  AND s.slot = d.slot
+"""
+
 _UPSERT_DEPLOYMENT = """
 INSERT INTO deployments (operation_id, operation, project, environment, slot, image, result,
                          error, actor, started_at, finished_at)
@@ -303,6 +332,37 @@ class PostgresStore:
                      _ts(r.promoted_at), _ts(r.grace_expires_at), int(r.version), now)
                     for r in ordered
                 ])
+
+    async def sync_slot_rows(self, upsert: list[SlotRow],
+                             delete: list[tuple[str, str, str]]) -> None:
+        """Reconcile's repair: upsert `upsert` and delete the (project, environment, slot) rows
+        in `delete`, all in one transaction, three statements whatever the number of rows."""
+        if not upsert and not delete:
+            return
+        now = datetime.now(UTC)
+        ordered = sorted(upsert, key=lambda r: (r.project, r.environment, r.slot))
+        names = sorted({r.project for r in ordered})
+        gone = sorted(delete)
+        async with self._conn("sync_slot_rows") as conn:
+            async with conn.transaction():
+                if names:
+                    await conn.execute(
+                        "INSERT INTO projects (name, created_at, updated_at) "
+                        "SELECT n, $2, $2 FROM unnest($1::text[]) AS n "
+                        "ON CONFLICT (name) DO UPDATE SET updated_at = EXCLUDED.updated_at",
+                        names, now)
+                    await conn.execute(
+                        _SYNC_SLOTS,
+                        [r.project for r in ordered], [r.environment for r in ordered],
+                        [r.slot for r in ordered], [r.state for r in ordered],
+                        [int(r.port) for r in ordered], [clean_text(r.image) for r in ordered],
+                        [clean_text(r.container_id) for r in ordered],
+                        [_ts(r.deployed_at) for r in ordered], [_ts(r.promoted_at) for r in ordered],
+                        [_ts(r.grace_expires_at) for r in ordered],
+                        [int(r.version) for r in ordered], now)
+                if gone:
+                    await conn.execute(_DELETE_SLOTS, [g[0] for g in gone], [g[1] for g in gone],
+                                       [g[2] for g in gone])
 
     async def record_deployment(self, record: DeploymentRecord) -> None:
         async with self._conn("record_deployment") as conn:

@@ -60,6 +60,28 @@ ON CONFLICT (project_id, environment, slot) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
+# Reconcile's batch: the project id looked up by name inside the statement, so that one
+# executemany covers every row.
+_SYNC_SLOT = """
+INSERT INTO project_slots (project_id, environment, slot, state, port, image, container_id,
+                           deployed_at, promoted_at, grace_expires_at, version, updated_at)
+VALUES ((SELECT id FROM projects WHERE name = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, environment, slot) DO UPDATE SET
+    state = excluded.state,
+    port = excluded.port,
+    image = excluded.image,
+    container_id = excluded.container_id,
+    deployed_at = excluded.deployed_at,
+    promoted_at = excluded.promoted_at,
+    grace_expires_at = excluded.grace_expires_at,
+    version = excluded.version,
+    updated_at = excluded.updated_at
+"""
+_DELETE_SLOT = """
+DELETE FROM project_slots
+WHERE project_id = (SELECT id FROM projects WHERE name = ?) AND environment = ? AND slot = ?
+"""
+
 _UPSERT_DEPLOYMENT = """
 INSERT INTO deployments (operation_id, operation, project, environment, slot, image, result,
                          error, actor, started_at, finished_at)
@@ -270,6 +292,27 @@ class SqliteStore:
                     project_ids[row.project], row.environment, row.slot, row.state, int(row.port),
                     clean_text(row.image), clean_text(row.container_id), to_text(row.deployed_at),
                     to_text(row.promoted_at), to_text(row.grace_expires_at), int(row.version), now))
+
+    async def sync_slot_rows(self, upsert: list[SlotRow],
+                             delete: list[tuple[str, str, str]]) -> None:
+        """Reconcile's repair: upsert `upsert` and delete the (project, environment, slot) rows
+        in `delete`, all in one transaction, a few statements whatever the number of rows."""
+        if not upsert and not delete:
+            return
+        now = to_text(datetime.now(UTC))
+        ordered = sorted(upsert, key=lambda r: (r.project, r.environment, r.slot))
+        names = sorted({r.project for r in ordered})
+        async with self._transaction("sync_slot_rows") as db:
+            await db.executemany(
+                "INSERT INTO projects (name, created_at, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at",
+                [(name, now, now) for name in names])
+            await db.executemany(_SYNC_SLOT, [
+                (r.project, r.environment, r.slot, r.state, int(r.port), clean_text(r.image),
+                 clean_text(r.container_id), to_text(r.deployed_at), to_text(r.promoted_at),
+                 to_text(r.grace_expires_at), int(r.version), now)
+                for r in ordered])
+            await db.executemany(_DELETE_SLOT, sorted(delete))
 
     async def record_deployment(self, record: DeploymentRecord) -> None:
         async with self._transaction("record_deployment") as db:
