@@ -8,10 +8,13 @@ import json
 import sys
 from collections.abc import AsyncIterator
 
+from codeb_tui.admin_cli import ADMIN_COMMANDS, add_admin_commands, add_api_key_option, api_key_of, run_admin
 from codeb_tui.config import Config, load_config
 from codeb_tui.core import events
 from codeb_tui.core.engine import Engine, dumps_event
-from codeb_tui.core.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, CodebError
+from codeb_tui.core.access import authorize
+from codeb_tui.core.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, AccessDenied, CodebError
+from codeb_tui.store.base import StoreError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_arg(p, default=None)
 
     sub.add_parser("ports", parents=[common], help="port ranges, allocations and conflicts")
+    for name in ("deploy", "promote", "rollback", "cleanup", "status", "ports"):
+        add_api_key_option(sub.choices[name])
+    add_admin_commands(sub, common)
     return parser
 
 
@@ -87,6 +93,13 @@ async def _print_stream(stream: AsyncIterator[events.Event], as_json: bool) -> i
         sys.stderr.write(f"codeb: {terminal.error}\n")
         return terminal.exit_code
     return EXIT_FAILED
+
+
+async def _store_or_denied(engine: Engine):
+    try:
+        return await engine.store()
+    except StoreError as exc:
+        raise AccessDenied(f"Access Denied: cannot verify the API key: {exc}") from None
 
 
 def _status_table(rows: list[dict]) -> str:
@@ -120,7 +133,7 @@ def _ports_text(report: dict) -> str:
 
 
 async def _run(args: argparse.Namespace, config: Config) -> int:
-    engine = Engine(config)
+    engine = Engine(config, api_key=api_key_of(args))
     try:
         if args.command == "deploy":
             return await _print_stream(
@@ -132,6 +145,9 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
         if args.command == "cleanup":
             return await _print_stream(
                 engine.cleanup(args.project, args.env, force=args.force, slot=args.slot), args.json)
+        if args.command in ("status", "ports") and engine.api_key is not None:
+            await authorize(await _store_or_denied(engine), engine.api_key, args.command,
+                            getattr(args, "env", None))
         if args.command == "status":
             rows = await engine.status(args.project, args.env)
             print(json.dumps({"slots": rows}, default=str) if args.json else _status_table(rows))
@@ -151,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.command is None:
             return _console(config)
+        if args.command in ADMIN_COMMANDS:
+            return asyncio.run(run_admin(args, config))
         return asyncio.run(_run(args, config))
     except CodebError as exc:
         sys.stderr.write(f"codeb: {exc}\n")

@@ -146,3 +146,33 @@ def test_eight_concurrent_deploys_never_share_a_port(config_file, prefix, tmp_pa
         assert pair[0] % 2 == 0 and pair[1] == pair[0] + 1 and not seen & set(pair)
         seen |= set(pair)
         assert data["slots"]["blue"]["state"] == "deployed"
+
+
+def test_roles_gate_operations_and_denials_are_audited(config_file, prefix, tmp_path):
+    import sqlite3
+
+    config = config_file()
+    assert run_cli("team", "create", "ops", config=config).returncode == 0
+    keys = {}
+    for role in ("viewer", "member"):
+        out = run_cli("apikey", "create", "--team", "ops", "--role", role, config=config)
+        assert out.returncode == 0, out.stderr
+        keys[role] = out.stdout.strip()
+    project = f"{prefix}-acl"
+    out = run_cli("deploy", project, "--image", image("v1"), "--api-key", keys["viewer"], config=config)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("codeb: Access Denied: role viewer may not deploy")
+    assert not (tmp_path / "registry" / "slots").exists()
+    out = run_cli("deploy", project, "--image", image("v1"), env={"CODEB_API_KEY": keys["member"]}, config=config)
+    assert out.returncode == 0, out.stderr
+    out = run_cli("cleanup", project, "--force", "--env", "production", "--api-key", keys["member"], config=config)
+    assert out.returncode == 2 and "Access Denied" in out.stderr
+    revoke = run_cli("apikey", "revoke", keys["member"][:11], config=config)
+    assert revoke.returncode == 0, revoke.stderr
+    out = run_cli("promote", project, "--api-key", keys["member"], config=config)
+    assert out.returncode == 2 and "revoked" in out.stderr
+    rows = sqlite3.connect(tmp_path / "codeb.sqlite3").execute(
+        "select action, result, actor, team from audit_logs where project = ? order by id", (project,)).fetchall()
+    assert [(a, r) for a, r, _, _ in rows] == [("deploy", "denied"), ("deploy", "succeeded"),
+                                               ("cleanup", "denied"), ("promote", "denied")]
+    assert rows[1][2].startswith("apikey:cb_") and rows[1][3] == "ops"

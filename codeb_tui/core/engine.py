@@ -15,7 +15,9 @@ from typing import Any
 
 from codeb_tui.config import Config
 from codeb_tui.core import events
+from codeb_tui.core.access import authorize
 from codeb_tui.core.errors import (
+    AccessDenied,
     BadInput,
     HealthCheckFailed,
     OperationFailed,
@@ -48,8 +50,12 @@ REPLACED_SUFFIX = "-replaced"
 
 
 class Engine:
-    def __init__(self, config: Config, host: Host | None = None, actor: str | None = None) -> None:
+    def __init__(self, config: Config, host: Host | None = None, actor: str | None = None,
+                 api_key: str | None = None) -> None:
         self.config = config
+        self.api_key = api_key
+        """With a key, every operation is checked against its role (docs/access.md); without
+        one, the local operator (shell access to the host) may do everything."""
         self.host = host or LocalHost(config)
         self.registry = FileRegistry(config.registry.root, config.registry.lock_timeout)
         self.actor = actor or current_actor()
@@ -85,6 +91,8 @@ class Engine:
         ok = isinstance(terminal, events.Finished)
         if ok:
             result = "succeeded"
+        elif isinstance(terminal, events.Failed) and terminal.error_type == "AccessDenied":
+            result = "denied"
         elif isinstance(terminal, events.Failed) and terminal.exit_code == 2:
             result = "refused"
         else:
@@ -101,10 +109,10 @@ class Engine:
             await store.record_deployment(DeploymentRecord(
                 operation_id=run.operation_id, operation=run.operation, project=run.project,
                 environment=run.environment, slot=run.slot, image=run.image, result=result,
-                started_at=run.started_at, finished_at=now, error=error, actor=self.actor,
+                started_at=run.started_at, finished_at=now, error=error, actor=run.actor,
             ))
             await store.record_audit(AuditRecord(
-                operation_id=run.operation_id, actor=self.actor, action=run.operation,
+                operation_id=run.operation_id, actor=run.actor, team=run.team, action=run.operation,
                 project=run.project, environment=run.environment, from_state=run.from_state,
                 to_state=run.to_state, result=result, duration_ms=run.elapsed_ms, created_at=now,
                 detail={"slot": run.slot, "image": run.image, "error": error},
@@ -114,6 +122,17 @@ class Engine:
             self._store = None
             run.warn(f"database out of sync: {exc}; the file registry is up to date, "
                      "run `codeb reconcile` once the database is back")
+
+    async def _authorize(self, run: OperationRun, environment: str | None) -> None:
+        """Check the API key, if one was given, against the operation's role rules."""
+        if self.api_key is None:
+            return
+        try:
+            store = await self.store()
+        except StoreError as exc:
+            raise AccessDenied(f"Access Denied: cannot verify the API key: {exc}") from None
+        principal = await authorize(store, self.api_key, run.operation, environment)
+        run.actor, run.team = principal.actor, principal.team
 
     # operations ------------------------------------------------------------------------------
     def deploy(self, project: str, image: str, environment: str = "production",
@@ -143,6 +162,7 @@ class Engine:
         validate_image_ref(image)
         run.environment = env.value
         run.touched = True
+        await self._authorize(run, env.value)
 
         with self.registry.project_lock(project, env, "deploy"):
             async with run.step("read slot registry"):
@@ -435,6 +455,7 @@ class Engine:
 
     async def _promote(self, run: OperationRun) -> tuple[str, dict]:
         project, env = self._locked_pair(run)
+        await self._authorize(run, env.value)
         with self.registry.project_lock(project, env, "promote"):
             pair = self.registry.read_slots(project, env)
             target = pair.in_state(SlotState.DEPLOYED) if pair else None
@@ -466,6 +487,7 @@ class Engine:
 
     async def _rollback(self, run: OperationRun) -> tuple[str, dict]:
         project, env = self._locked_pair(run)
+        await self._authorize(run, env.value)
         with self.registry.project_lock(project, env, "rollback"):
             pair = self.registry.read_slots(project, env)
             grace = pair.in_state(SlotState.GRACE) if pair else None
@@ -506,6 +528,7 @@ class Engine:
         if chosen is not None and (project is None or not force):
             raise BadInput("Cleaning a named slot needs PROJECT and --force")
         run.touched = True
+        await self._authorize(run, env_filter.value if env_filter else None)
         now = utcnow()
         cleaned: list[str] = []
         targets = [(p, e) for p, e in self.registry.list_slot_files()

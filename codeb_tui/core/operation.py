@@ -41,6 +41,7 @@ class OperationRun:
     image: str | None = None
     from_state: str | None = None
     to_state: str | None = None
+    team: str | None = None
     touched: bool = False
     """Whether the body got past validation (a refused bad input leaves no trace anywhere)."""
     _t0: float = field(default_factory=time.perf_counter)
