@@ -1,0 +1,374 @@
+"""Reconciliation against the real services: files vs SQLite/PostgreSQL, Docker, Caddy, ports.
+
+Docker is shared by every test (and by other test sessions), so each reconcile here is limited to
+the test's own projects (`projects=[prefix*]`), as an operator would limit it to one project.
+Caddy's live config is the very thing compared, so this module runs a Caddy of its own on free
+ports: a concurrent test session loading its config into the shared session Caddy cannot show
+up here as proxy drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+from dataclasses import fields
+
+import asyncpg
+import httpx
+import pytest
+
+from codeb_tui.core import events
+from codeb_tui.core.engine import Engine, slot_rows
+from codeb_tui.core.model import Environment
+from codeb_tui.core.proxy import build_caddy_config
+from codeb_tui.core.reconcile import DriftKind, reconcile
+from codeb_tui.reconcile_cli import add_reconcile_command, run_reconcile
+from codeb_tui.store.base import SlotRow
+
+from conftest import PG_DSN, collect, image, terminal
+
+PROD = Environment.PRODUCTION
+DOWN_DSN = "postgresql://postgres@127.0.0.1:5999/postgres"
+
+
+def ok(evs):
+    last = terminal(evs)
+    assert isinstance(last, events.Finished), getattr(last, "error", last)
+    return last
+
+
+def kinds(report):
+    return sorted((d.kind.value, d.project, d.slot) for d in report.drift)
+
+
+def cli_args(*argv: str) -> argparse.Namespace:
+    """The arguments cli.py will pass once `reconcile` is wired in (same global options)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="codeb")
+    parser.add_argument("--json", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+    add_reconcile_command(sub, common)
+    return parser.parse_args(["reconcile", *argv])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def caddy(tmp_path_factory):
+    """This module's own Caddy (overrides conftest's session Caddy): admin and sites on free
+    loopback ports."""
+    root = tmp_path_factory.mktemp("reconcile-caddy")
+    admin_port, http_port = free_port(), free_port()
+    config = root / "caddy.json"
+    config.write_text(json.dumps({"admin": {"listen": f"127.0.0.1:{admin_port}"}}))
+    env = {**os.environ, "XDG_CONFIG_HOME": str(root / "config"),
+           "XDG_DATA_HOME": str(root / "data")}
+    log = open(root / "caddy.log", "w")
+    proc = subprocess.Popen([shutil.which("caddy") or "/usr/bin/caddy", "run", "--config",
+                             str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    admin = f"http://127.0.0.1:{admin_port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if httpx.get(f"{admin}/config/", timeout=1, trust_env=False).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"caddy did not start: {(root / 'caddy.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    yield {"admin": admin, "listen": f"127.0.0.1:{http_port}", "http_port": http_port}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def through(caddy: dict, host: str) -> httpx.Response:
+    """A request through this module's Caddy with the site's Host header (never DNS)."""
+    return httpx.get(f"http://127.0.0.1:{caddy['http_port']}/", headers={"Host": host},
+                     timeout=5, trust_env=False)
+
+
+async def test_missing_rows_after_an_outage_are_listed_and_repaired(make_config, prefix, capsys):
+    project = f"{prefix}-a"
+    down = Engine(make_config(database={"dsn": DOWN_DSN, "connect_timeout": 1}))
+    try:
+        done = ok(await collect(down.deploy(project, image("v1"))))
+        assert "database out of sync" in done.warnings[0]
+    finally:
+        await down.aclose()
+
+    config = make_config()  # the same registry, a real SQLite file
+    scope = f"{prefix}*"
+    assert await run_reconcile(cli_args(scope, "--json"), config) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert sorted((d["kind"], d["slot"], d["fixable"]) for d in out["drift"]) == [
+        ("missing_row", "blue", True), ("missing_row", "green", True)]
+    assert out["summary"]["remaining"] == 2 and not out["summary"]["in_sync"]
+
+    assert await run_reconcile(cli_args(scope, "--repair"), config) == 0
+    text = capsys.readouterr().out
+    assert "missing_row" in text and "fixed" in text and "in sync: 2 drift(s) repaired" in text
+
+    engine = Engine(config)
+    try:
+        again = await reconcile(engine, projects=[scope])
+        assert again.drift == [] and again.in_sync
+        rows = {r.slot: r for r in await (await engine.store()).list_slots()}
+        assert rows["blue"].state == "deployed" and rows["blue"].image == image("v1")
+    finally:
+        await engine.aclose()
+    assert await run_reconcile(cli_args(scope), config) == 0
+    assert capsys.readouterr().out.strip().endswith("in sync")
+
+
+@pytest.fixture
+async def fresh_pg_database():
+    """A database of this test's own on the local PostgreSQL, dropped afterwards."""
+    name = f"codeb_rec_{secrets.token_hex(5)}"
+    admin = await asyncpg.connect(PG_DSN, timeout=5)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield PG_DSN.rsplit("/", 1)[0] + "/" + name
+    admin = await asyncpg.connect(PG_DSN, timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def test_twenty_operations_without_postgres_then_one_repair(make_config, prefix,
+                                                                  fresh_pg_database):
+    down = Engine(make_config(database={"dsn": DOWN_DSN, "connect_timeout": 1}))
+    projects = [f"{prefix}-p{i}" for i in range(5)]
+    finished = []
+    try:
+        for project in projects:
+            for stream in (lambda: down.deploy(project, image("v1")),
+                           lambda: down.promote(project),
+                           lambda: down.deploy(project, image("v2")),
+                           lambda: down.promote(project)):
+                finished.append(ok(await collect(stream())))
+    finally:
+        await down.aclose()
+    assert len(finished) == 20
+    for done in finished:
+        assert any("database out of sync" in w and "127.0.0.1:5999" in w for w in done.warnings)
+
+    engine = Engine(make_config(database={"dsn": fresh_pg_database}))
+    try:
+        report = await reconcile(engine, repair=True, projects=[f"{prefix}*"])
+        assert {d.kind for d in report.drift} == {DriftKind.MISSING_ROW}
+        assert len(report.drift) == 10 and all(d.fixed for d in report.drift)
+        assert report.in_sync and report.errors == []
+        assert report.database.startswith("postgresql 127.0.0.1:5432/codeb_rec_")
+
+        # The database is now identical to the files, field by field.
+        pairs = engine.registry.read_all()
+        assert sorted(p.project for p in pairs) == projects
+        expected = {(r.project, r.environment, r.slot): r for p in pairs for r in slot_rows(p)}
+        stored = {(r.project, r.environment, r.slot): r
+                  for r in await (await engine.store()).list_slots()}
+        assert stored.keys() == expected.keys()
+        for key, want in expected.items():
+            for f in fields(SlotRow):
+                assert getattr(stored[key], f.name) == getattr(want, f.name), (key, f.name)
+        for project in projects:
+            assert stored[(project, "production", "green")].state == "active"
+            assert stored[(project, "production", "blue")].state == "grace"
+            assert stored[(project, "production", "blue")].grace_expires_at is not None
+
+        assert (await reconcile(engine, projects=[f"{prefix}*"])).drift == []
+
+        # A row no file holds is deleted by the same batch.
+        store = await engine.store()
+        ghost = SlotRow(f"{prefix}-ghost", "staging", "green", "grace", 4501)
+        await store.upsert_project_slots([ghost])
+        report = await reconcile(engine, repair=True, projects=[f"{prefix}*"])
+        assert kinds(report) == [("stale_row", f"{prefix}-ghost", "green")] and report.in_sync
+        assert len(await store.list_slots()) == 10
+    finally:
+        await engine.aclose()
+
+
+async def test_orphan_container_is_listed_and_only_pruned_on_request(engine, prefix, docker_client):
+    kept = f"{prefix}-kept"
+    ok(await collect(engine.deploy(kept, image("v1"))))
+    orphan_project = f"{prefix}-x"
+    orphan = docker_client.containers.run(
+        image("v1"), name=f"codeb-{orphan_project}-prod-blue", detach=True, network_mode="host",
+        init=True, environment={"PORT": str(free_port())},
+        labels={"codeb.project": orphan_project, "codeb.environment": "production",
+                "codeb.slot": "blue"})
+    scope = [f"{prefix}*"]
+
+    report = await reconcile(engine, projects=scope)
+    assert kinds(report) == [("orphan_container", orphan_project, "blue")]
+    drift = report.drift[0]
+    assert drift.fixable and not drift.fixed and drift.container == orphan.name
+    assert "no slot references it" in drift.detail and "--prune" in drift.detail
+
+    report = await reconcile(engine, repair=True, projects=scope)
+    assert not report.drift[0].fixed and not report.in_sync
+    orphan.reload()
+    assert orphan.status == "running"
+
+    report = await reconcile(engine, prune=True, projects=scope)
+    assert report.drift[0].fixed and report.in_sync
+    assert [c.name for c in docker_client.containers.list(
+        all=True, filters={"label": f"codeb.project={orphan_project}"})] == []
+    assert docker_client.containers.get(f"codeb-{kept}-prod-blue").status == "running"
+    assert (await reconcile(engine, projects=scope)).drift == []
+
+
+async def test_stopped_container_and_foreign_listener_cannot_be_fixed(engine, prefix,
+                                                                       docker_client, capsys):
+    project = f"{prefix}-stop"
+    ok(await collect(engine.deploy(project, image("v1"))))
+    ok(await collect(engine.promote(project)))
+    port = engine.registry.read_slots(project, PROD).blue.port
+    docker_client.containers.get(f"codeb-{project}-prod-blue").stop(timeout=2)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+    try:
+        report = await reconcile(engine, repair=True, projects=[project])
+        assert kinds(report) == [("missing_container", project, "blue"),
+                                 ("port_conflict", project, "blue")]
+        missing, conflict = sorted(report.drift, key=lambda d: d.kind.value)
+        assert not missing.fixable and not missing.fixed
+        assert f"cannot fix: redeploy {project} or clean the slot" in missing.detail
+        assert "is exited" in missing.detail
+        assert conflict.port == port and not conflict.fixable
+        assert "another program listens on it" in conflict.detail
+        assert not report.in_sync
+
+        config = engine.config
+        assert await run_reconcile(cli_args(project, "--repair"), config) == 1
+        text = capsys.readouterr().out
+        assert "cannot fix" in text and "drift remains: 2 (2 need an operator)" in text
+    finally:
+        squatter.close()
+
+
+async def test_proxy_changed_outside_codeb_is_reapplied(engine, prefix, caddy):
+    project = f"{prefix}-px"
+    ok(await collect(engine.deploy(project, image("v1"))))
+    ok(await collect(engine.promote(project)))
+    ok(await collect(engine.deploy(project, image("v2"))))
+    pair = engine.registry.read_slots(project, PROD)
+    # Someone loads a config by hand: production on the green (only deployed) slot, and no
+    # route for green's preview host.
+    prod_host, green_preview = f"{project}.prod.test", f"green.{project}.prod-preview.test"
+    config = build_caddy_config(engine.config, engine.registry.read_all())
+    routes = config["apps"]["http"]["servers"]["codeb"]["routes"]
+
+    def hosts(route):
+        return [h for m in route.get("match", []) for h in m.get("host", [])]
+
+    routes[:] = [r for r in routes if green_preview not in hosts(r)]
+    for route in routes:
+        upstreams = route["handle"][-1].get("upstreams", [{}])
+        if prod_host in hosts(route) and upstreams[0]["dial"].endswith(f":{pair.blue.port}"):
+            upstreams[0]["dial"] = f"127.0.0.1:{pair.green.port}"
+    response = httpx.post(f"{caddy['admin']}/load", json=config, timeout=5, trust_env=False)
+    assert response.status_code == 200, response.text
+    assert through(caddy, f"{project}.prod.test").text.startswith("healthy v2 slot=green")
+
+    report = await reconcile(engine, projects=[f"{prefix}*"])
+    assert kinds(report) == [("proxy_drift", project, "blue"), ("proxy_drift", project, "green")]
+    by_slot = {d.slot: d for d in report.drift}
+    assert by_slot["blue"].fixable and by_slot["blue"].port == pair.green.port
+    assert f"sends {project}.prod.test to port {pair.green.port}" in by_slot["blue"].detail
+    assert f"no route for green.{project}.prod-preview.test" in by_slot["green"].detail
+
+    report = await reconcile(engine, repair=True, projects=[f"{prefix}*"])
+    assert all(d.fixed for d in report.drift) and report.in_sync
+    assert through(caddy, f"{project}.prod.test").text.startswith("healthy v1 slot=blue")
+    assert through(caddy, f"green.{project}.prod-preview.test").text.startswith("healthy v2")
+    assert (await reconcile(engine, projects=[f"{prefix}*"])).drift == []
+
+    if getattr(engine.config.caddy, "switch_mode", "reload") == "file":
+        # The switch marker removed by hand: production has no route any more.
+        live = engine.config.caddy.markers / f"{project}-prod.blue.live"
+        live.unlink()
+        assert through(caddy, prod_host).status_code == 404
+        report = await reconcile(engine, projects=[f"{prefix}*"])
+        assert kinds(report) == [("proxy_drift", project, "blue")]
+        assert f"no route for {prod_host}" in report.drift[0].detail
+        report = await reconcile(engine, repair=True, projects=[f"{prefix}*"])
+        assert report.in_sync and live.exists()
+        assert through(caddy, prod_host).text.startswith("healthy v1 slot=blue")
+
+
+async def test_field_edited_in_the_database_and_stale_rows(engine, prefix):
+    project = f"{prefix}-f"
+    ok(await collect(engine.deploy(project, image("v1"))))
+    ghost = f"{prefix}-ghost"
+    store = await engine.store()
+    await store.upsert_project_slots([SlotRow(ghost, "production", "blue", "active", 4998)])
+    db = sqlite3.connect(engine.config.database.sqlite_path)
+    with db:
+        db.execute("UPDATE project_slots SET image = 'tampered:1', port = 4444 WHERE slot = 'blue' "
+                   "AND project_id = (SELECT id FROM projects WHERE name = ?)", (project,))
+    db.close()
+
+    report = await reconcile(engine, projects=[f"{prefix}*"])
+    mismatches = {d.field: d for d in report.of_kind(DriftKind.FIELD_MISMATCH)}
+    assert set(mismatches) == {"image", "port"}
+    assert mismatches["image"].file_value == image("v1")
+    assert mismatches["image"].db_value == "tampered:1"
+    assert f"image is {image('v1')} in the files but tampered:1 in the database" in \
+        mismatches["image"].detail
+    assert mismatches["port"].db_value == 4444
+    assert [(d.project, d.slot) for d in report.of_kind(DriftKind.STALE_ROW)] == [(ghost, "blue")]
+    assert len(report.drift) == 3 and all(d.fixable for d in report.drift)
+
+    report = await reconcile(engine, repair=True, projects=[f"{prefix}*"])
+    assert all(d.fixed for d in report.drift) and report.in_sync
+    rows = {(r.project, r.slot): r for r in await store.list_slots()}
+    assert (ghost, "blue") not in rows
+    assert rows[(project, "blue")] == slot_rows(engine.registry.read_slots(project, PROD))[0]
+    assert (await reconcile(engine, projects=[f"{prefix}*"])).drift == []
+
+
+async def test_unreachable_database_is_reported_not_fatal(make_config, prefix):
+    engine = Engine(make_config(database={"dsn": DOWN_DSN, "connect_timeout": 1}))
+    try:
+        ok(await collect(engine.deploy(f"{prefix}-u", image("v1"))))
+        report = await reconcile(engine, repair=True, projects=[f"{prefix}*"])
+        assert kinds(report) == [("database_unreachable", None, None)]
+        assert "127.0.0.1:5999" in report.drift[0].detail and not report.drift[0].fixable
+    finally:
+        await engine.aclose()
+
+
+async def test_corrupt_slot_file_is_reported_and_its_rows_kept(engine, prefix):
+    project = f"{prefix}-bad"
+    ok(await collect(engine.deploy(project, image("v1"))))
+    path = engine.registry.slot_path(project, PROD)
+    path.write_text("{ not json")
+    report = await reconcile(engine, repair=True, prune=True, projects=[f"{prefix}*"])
+    assert kinds(report) == [("corrupt_file", project, None)]
+    assert str(path) in report.drift[0].detail and not report.drift[0].fixable
+    rows = [r for r in await (await engine.store()).list_slots() if r.project == project]
+    assert len(rows) == 2  # not deleted as stale
+    assert path.read_text() == "{ not json"
