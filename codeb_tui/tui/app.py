@@ -108,6 +108,7 @@ class CodebApp(App[int]):
         interval = self.config.console.poll_interval
         services_due = 0.0
         while True:
+            self._wake.clear()  # a wake-up asked for during this poll means one more poll
             cpu = time.process_time()
             if time.monotonic() >= services_due:
                 services_due = time.monotonic() + SERVICES_EVERY
@@ -126,7 +127,6 @@ class CodebApp(App[int]):
             cost = time.process_time() - cpu
             self.poll_period = max(interval, cost / CPU_BUDGET)
             self._publish(rows, time.monotonic())
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_period)
             except TimeoutError:
@@ -159,7 +159,9 @@ class CodebApp(App[int]):
                 row["container_status"] = info.status if info else "missing"
 
         await asyncio.gather(*(check(row) for row in rows))
-        return rows
+        # The registry may have changed while the checks ran (an operation finished): keep the
+        # files' word, with the health of slots that did not change.
+        return merge_health(await self.engine.status(live=False), rows)
 
     @work(exclusive=True, group="services", exit_on_error=False)
     async def _check_services(self) -> None:
