@@ -1,9 +1,10 @@
 """What `codeb deploy` costs over the raw work it wraps, side by side in one run.
 
-raw    the docker SDK directly: pull, run (host network, init), poll GET /health until 2xx
-codeb  Engine.deploy of a new project: validation, lock, registry, port allocation, the same
-       pull/run/poll, proxy config and switch markers, registry writes, SQLite deployment and
-       audit rows
+raw          the docker SDK directly: pull, run (host network, init), poll GET /health until 2xx
+codeb        Engine.deploy of a new version into the idle (empty) slot of a live project: the
+             everyday deploy. Validation, lock, registry, the same pull/run/poll, switch markers,
+             registry write, SQLite deployment and audit rows
+codeb (new)  Engine.deploy of a new project: adds port allocation and a Caddy config load
 
 Both poll health at the same interval. Rounds alternate raw and codeb so that machine noise hits
 both alike; medians are compared. The `codeb deploy` command as a process (interpreter start-up
@@ -82,14 +83,20 @@ async def main() -> None:
     config_file = root / "config.yaml"
     config_file.write_text(yaml.safe_dump(config_data(root)))
     tag = f"bd{os.getpid() % 10000}"
-    raw, codeb, cli = [], [], []
+    raw, codeb, fresh, cli = [], [], [], []
     try:
-        await must(engine.deploy(f"{tag}-warm", IMAGE))  # warm the store, the image and Caddy
+        live = f"{tag}-live"
+        await must(engine.deploy(live, IMAGE))  # warms the store, the image and Caddy too
+        await must(engine.promote(live))
         for i in range(args.rounds):
             raw.append(await asyncio.to_thread(raw_deploy, client, f"{tag}-raw-{i}", 4490 - 2 * i))
             started = time.perf_counter()
-            await must(engine.deploy(f"{tag}-{i}", IMAGE))
+            await must(engine.deploy(live, IMAGE))
             codeb.append(time.perf_counter() - started)
+            await must(engine.cleanup(live, force=True, slot="green"))  # empty again, untimed
+            started = time.perf_counter()
+            await must(engine.deploy(f"{tag}-{i}", IMAGE))
+            fresh.append(time.perf_counter() - started)
             started = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "codeb_tui.cli", "deploy", f"{tag}-cli-{i}",
                                   "--image", IMAGE, "--config", str(config_file)],
@@ -98,9 +105,12 @@ async def main() -> None:
             if out.returncode != 0:
                 raise SystemExit(f"codeb deploy failed: {out.stderr}")
     finally:
-        for container in client.containers.list(all=True):
-            if container.name.startswith(("codeb-" + tag, tag)) or container.labels.get("bench") == "raw":
-                container.remove(force=True)
+        for filters in ({"label": "bench=raw"}, {"name": f"codeb-{tag}"}):
+            for container in client.containers.list(all=True, sparse=True, filters=filters):
+                try:
+                    container.remove(force=True)
+                except docker.errors.NotFound:
+                    pass
         client.close()
         await engine.aclose()
         caddy.terminate()
@@ -113,9 +123,11 @@ async def main() -> None:
     print(f"{args.rounds} rounds, health polled every {INTERVAL * 1000:.0f} ms")
     print(f"raw docker SDK (pull, run, poll)   {ms(raw)}")
     print(f"codeb deploy (Engine, in process)  {ms(codeb)}")
+    print(f"codeb deploy, new project          {ms(fresh)}")
     print(f"codeb deploy (command, process)    {ms(cli)}")
     ratio = statistics.median(codeb) / statistics.median(raw)
     print(f"ratio codeb/raw: {ratio:.2f} (target 1.15 or less)")
+    print(f"ratio codeb new project/raw: {statistics.median(fresh) / statistics.median(raw):.2f}")
     print(f"ratio command/raw: {statistics.median(cli) / statistics.median(raw):.2f} "
           "(interpreter start-up and imports included)")
 

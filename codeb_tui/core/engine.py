@@ -244,7 +244,6 @@ class Engine:
 
             if old is not None:
                 await self.host.docker.remove(old.id)
-            await self.host.docker.keep_running(new.id)
             run.to_state = SlotState.DEPLOYED.value
             url = self.config.preview_url(project, env, target.name.value)
             return (f"{project} ({env.value}) {image} deployed to {target.name.value} "
@@ -282,25 +281,32 @@ class Engine:
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         announced = None
+        has_docker_health = container.health is not None
         while True:
-            info = await self.host.docker.inspect(container.id)
-            if info is None:
-                raise HealthCheckFailed(f"Container {container.name} disappeared during the health check")
-            if info.status in ("exited", "dead"):
-                raise HealthCheckFailed(
-                    f"Container {container.name} exited with code {info.exit_code} before becoming healthy"
-                )
-            if info.health == "unhealthy":
-                raise HealthCheckFailed(f"Container {container.name}: Docker reports it unhealthy")
-            if info.health in (None, "healthy"):
+            # Without a Docker HEALTHCHECK, ask the slot first and inspect only while it does
+            # not answer: a container that exited or restarts is a failure at once.
+            if not has_docker_health:
                 result = await self.host.health.check(port)
                 last = result.detail
                 if result.ok:
-                    run.log(f"healthy: GET {self.config.health.path} -> {result.detail}"
-                            f" in {result.latency_ms:.0f} ms")
-                    return HealthRecord(True, result.detail, utcnow(), result.latency_ms)
-            else:
-                last = f"docker health {info.health}"
+                    return self._healthy(run, result)
+            info = await self.host.docker.inspect(container.id)
+            if info is None:
+                raise HealthCheckFailed(f"Container {container.name} disappeared during the health check")
+            if info.status in ("exited", "dead", "restarting") or info.restart_count:
+                raise HealthCheckFailed(
+                    f"Container {container.name} exited with code {info.exit_code} before becoming healthy"
+                )
+            if has_docker_health:
+                if info.health == "unhealthy":
+                    raise HealthCheckFailed(f"Container {container.name}: Docker reports it unhealthy")
+                if info.health == "healthy":
+                    result = await self.host.health.check(port)
+                    last = result.detail
+                    if result.ok:
+                        return self._healthy(run, result)
+                else:
+                    last = f"docker health {info.health}"
             if last != announced:
                 run.log(f"waiting: {last}")
                 announced = last
@@ -309,6 +315,10 @@ class Engine:
                     f"Health check failed: {container.name} not healthy within {timeout:g} s (last: {last})"
                 )
             await asyncio.sleep(self.config.health.interval)
+
+    def _healthy(self, run: OperationRun, result) -> HealthRecord:
+        run.log(f"healthy: GET {self.config.health.path} -> {result.detail} in {result.latency_ms:.0f} ms")
+        return HealthRecord(True, result.detail, utcnow(), result.latency_ms)
 
     async def _check_slot(self, slot: Slot, what: str) -> Any:
         """A final check of a slot that should be serving: its container runs and /health answers."""

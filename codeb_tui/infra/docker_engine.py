@@ -33,6 +33,7 @@ class ContainerInfo:
     exit_code: int | None
     labels: dict[str, str]
     image: str
+    restart_count: int = 0
 
     @property
     def port(self) -> int | None:
@@ -52,6 +53,7 @@ def _info(container: Container) -> ContainerInfo:
         exit_code=state.get("ExitCode"),
         labels=dict(attrs.get("Config", {}).get("Labels") or {}),
         image=attrs.get("Config", {}).get("Image", ""),
+        restart_count=attrs.get("RestartCount", 0),
     )
 
 
@@ -147,6 +149,9 @@ class DockerEngine:
                 init=True,  # without it a busybox PID 1 ignores SIGTERM and every stop takes 10 s
                 environment={"PORT": str(port), "HOST": self.bind_address, **env},
                 labels={**labels, LABEL_PORT: str(port), LABEL_IMAGE: image},
+                # Back after a daemon restart. A crashing image is still seen: the health check
+                # treats a restart as a failure.
+                restart_policy={"Name": "unless-stopped"},
             )
             container.reload()
             return _info(container)
@@ -203,12 +208,6 @@ class DockerEngine:
             except Exception:
                 pass
             await asyncio.wait([task], timeout=2)
-
-    async def keep_running(self, ident: str) -> None:
-        """Restart the container with the engine from now on. Set only once it is healthy, so a
-        crashing image is seen exiting instead of hidden behind restarts."""
-        container = await self._call(self.client.containers.get, ident)
-        await self._call(container.update, restart_policy={"Name": "unless-stopped"})
 
     async def stop(self, ident: str) -> None:
         try:

@@ -22,6 +22,7 @@ class HealthChecker:
         self._client = httpx.AsyncClient(
             timeout=request_timeout,
             trust_env=False,  # never send a health check through a proxy
+            verify=False,  # plain HTTP on the slot's port; no SSL context to build
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=0),
         )
 
