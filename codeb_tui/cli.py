@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from codeb_tui.admin_cli import ADMIN_COMMANDS, add_admin_commands, add_api_key_option, api_key_of, run_admin
 from codeb_tui.config import Config, load_config
+from codeb_tui.reconcile_cli import add_reconcile_command, run_reconcile
 from codeb_tui.core import events
 from codeb_tui.core.engine import Engine, dumps_event
 from codeb_tui.core.access import authorize
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     env_arg(p, default=None)
 
     sub.add_parser("ports", parents=[common], help="port ranges, allocations and conflicts")
-    for name in ("deploy", "promote", "rollback", "cleanup", "status", "ports"):
+    add_reconcile_command(sub, common)
+    for name in ("deploy", "promote", "rollback", "cleanup", "status", "ports", "reconcile"):
         add_api_key_option(sub.choices[name])
     add_admin_commands(sub, common)
     return parser
@@ -93,6 +95,18 @@ async def _print_stream(stream: AsyncIterator[events.Event], as_json: bool) -> i
         sys.stderr.write(f"codeb: {terminal.error}\n")
         return terminal.exit_code
     return EXIT_FAILED
+
+
+async def _reconcile(args: argparse.Namespace, config: Config) -> int:
+    key = api_key_of(args)
+    if key is not None:  # repairing and pruning change things: admins only (docs/access.md)
+        action = "reconcile.prune" if args.prune else "reconcile.repair" if args.repair else "reconcile"
+        engine = Engine(config)
+        try:
+            await authorize(await _store_or_denied(engine), key, action, None)
+        finally:
+            await engine.aclose()
+    return await run_reconcile(args, config)
 
 
 async def _store_or_denied(engine: Engine):
@@ -169,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             return _console(config)
         if args.command in ADMIN_COMMANDS:
             return asyncio.run(run_admin(args, config))
+        if args.command == "reconcile":
+            return asyncio.run(_reconcile(args, config))
         return asyncio.run(_run(args, config))
     except CodebError as exc:
         sys.stderr.write(f"codeb: {exc}\n")

@@ -43,6 +43,9 @@ if [[ ! -e "$DEMO/registry/slots" ]]; then
   run deploy api --image "$img:v1" --env staging; run promote api --env staging
   run deploy api --image "$img:v3" --env preview
 fi
+# After a restart of the services Caddy comes back empty: make the proxy and the database match
+# the registry again (orphans are only listed).
+"$codeb" reconcile --repair >/dev/null || true
 
 echo "demo: config $CODEB_CONFIG; try: curl -H 'Host: shop.demo.test' http://127.0.0.1:8080/" >&2
 if [[ -t 0 && -t 1 ]]; then

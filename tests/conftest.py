@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -28,8 +29,22 @@ from codeb_tui.core.engine import Engine
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")
 IMAGE = f"{REGISTRY}/demo/app"
-CADDY_ADMIN_PORT = 2119
-CADDY_HTTP_PORT = 18080
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the kernel has free now (ephemeral range, far from the slot ranges), so that two
+    test sessions on one machine never share a Caddy."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+CADDY_ADMIN_PORT, CADDY_HTTP_PORT = _free_ports(2)
 PG_DSN = os.environ.get("CODEB_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -58,7 +73,7 @@ def docker_client(docker_host):
 
 @pytest.fixture(scope="session")
 def caddy(tmp_path_factory):
-    """A Caddy of the test session's own: admin 127.0.0.1:2119, sites on 127.0.0.1:18080."""
+    """A Caddy of the test session's own, admin and sites on free loopback ports."""
     root = tmp_path_factory.mktemp("caddy")
     config = root / "caddy.json"
     config.write_text(f'{{"admin": {{"listen": "127.0.0.1:{CADDY_ADMIN_PORT}"}}}}')

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO, image, run_cli
+from conftest import CADDY_HTTP_PORT, REPO, image, run_cli
 
 BAD_PROJECTS = ["../x", "A", "a;rm -rf /", "", "a" * 64, "-lead", "trail-", "x y", "x\ny"]
 BAD_IMAGES = ["127.0.0.1:5000/demo/app:v1 --rm", "img;rm -rf /", "img$(id)", "img`id`", "a|b",
@@ -81,7 +81,7 @@ def test_json_events_status_and_ports(config_file, prefix):
     assert out.returncode == 0
     out = run_cli("status", project, "--json", config=config)
     blue = next(s for s in json.loads(out.stdout)["slots"] if s["slot"] == "blue")
-    assert blue["state"] == "active" and blue["url"] == f"http://{project}.prod.test:18080"
+    assert blue["state"] == "active" and blue["url"] == f"http://{project}.prod.test:{CADDY_HTTP_PORT}"
 
     out = run_cli("ports", "--json", config=config)
     report = json.loads(out.stdout)

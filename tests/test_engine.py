@@ -12,7 +12,7 @@ from codeb_tui.core import events
 from codeb_tui.core.engine import Engine
 from codeb_tui.core.model import Environment, SlotState, utcnow
 
-from conftest import collect, image, terminal, through_caddy
+from conftest import CADDY_HTTP_PORT, collect, image, terminal, through_caddy
 
 PROD = Environment.PRODUCTION
 
@@ -44,7 +44,7 @@ async def test_release_cycle_routes_through_caddy(engine, prefix, docker_client)
     assert through_caddy(f"{project}.prod.test").status_code == 404  # nothing is live yet
 
     promoted = ok(await collect(engine.promote(project)))
-    assert promoted.result["url"] == f"http://{project}.prod.test:18080"
+    assert promoted.result["url"] == f"http://{project}.prod.test:{CADDY_HTTP_PORT}"
     assert through_caddy(f"{project}.prod.test").text.startswith("healthy v1 slot=blue")
 
     ok(await collect(engine.deploy(project, image("v2"))))
