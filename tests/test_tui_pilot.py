@@ -15,7 +15,7 @@ from codeb_tui.tui.app import CodebApp
 from codeb_tui.tui.screens.confirm import ConfirmModal
 from codeb_tui.tui.screens.deploy import DeployModal
 from codeb_tui.tui.screens.main import MainScreen
-from tests.conftest import collect, image, terminal, through_caddy
+from conftest import collect, image, terminal, through_caddy
 
 from codeb_tui.core import events
 

@@ -57,7 +57,8 @@ def fixed_registry(root) -> None:
 @pytest.fixture
 def snapshot_app(make_config, tmp_path):
     def make(**overrides) -> CodebApp:
-        config = make_config(environments=ENVIRONMENTS, **overrides)
+        # A fixed listen address: the URLs on screen must not follow the session Caddy's port.
+        config = make_config(environments=ENVIRONMENTS, caddy__listen="127.0.0.1:18080", **overrides)
         fixed_registry(config.registry.root)
         return CodebApp(config, live=False, clock=lambda: NOW)
 

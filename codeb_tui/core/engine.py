@@ -47,6 +47,7 @@ from codeb_tui.store import open_store
 from codeb_tui.store.base import AuditRecord, DeploymentRecord, SlotRow, Store, StoreError
 
 REPLACED_SUFFIX = "-replaced"
+HEALTH_CONCURRENCY = 32
 
 
 class Engine:
@@ -605,10 +606,17 @@ class Engine:
             except OperationFailed:
                 containers = {}
         slots = [(pair, slot) for pair in pairs for slot in pair.slots()]
-        checks = await asyncio.gather(*[
-            self.host.health.check(slot.port) if live and slot.state is not SlotState.EMPTY
-            else _none() for _, slot in slots
-        ])
+        # Bounded: a thousand checks gathered at once queue on the client's connection pool
+        # and time out instead of answering.
+        gate = asyncio.Semaphore(HEALTH_CONCURRENCY)
+
+        async def check(slot: Slot):
+            if not live or slot.state is SlotState.EMPTY:
+                return None
+            async with gate:
+                return await self.host.health.check(slot.port)
+
+        checks = await asyncio.gather(*[check(slot) for _, slot in slots])
         rows = []
         for (pair, slot), check in zip(slots, checks):
             env = pair.environment
@@ -689,10 +697,6 @@ class Engine:
                                   "detail": f"ssot.json gives port {port} to {owner} but container "
                                             f"{container.name} uses it"})
         return {"environments": environments, "conflicts": conflicts}
-
-
-async def _none() -> None:
-    return None
 
 
 def describe_states(pair: ProjectSlots | None) -> str:

@@ -92,7 +92,10 @@ class DockerEngine:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            self._client = docker.DockerClient(base_url=self.endpoint, timeout=120)
+            try:  # the SDK asks the engine for its API version here, so this can fail too
+                self._client = docker.DockerClient(base_url=self.endpoint, timeout=120)
+            except docker.errors.DockerException as exc:
+                raise OperationFailed(f"Docker ({self.endpoint}) unreachable: {_short(exc)}") from None
         return self._client
 
     async def _call(self, fn, *args, **kwargs):

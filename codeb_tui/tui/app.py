@@ -33,7 +33,6 @@ from codeb_tui.tui.themes import builtin_themes
 
 CPU_BUDGET = 0.10
 """Share of one core the live poller may use: a poll that costs more CPU stretches its period."""
-HEALTH_CONCURRENCY = 32
 """Health checks in flight at once (below the engine's health client pool of 64)."""
 SERVICES_EVERY = 3.0
 """Seconds between Docker / Caddy / database reachability checks."""
@@ -133,34 +132,10 @@ class CodebApp(App[int]):
                 pass
 
     async def _live_status(self) -> list[dict[str, Any]]:
-        """engine.status(live=False) plus the live part done as engine.status(live=True) does
-        it (host.health.check per slot, host.docker's container list), but with at most
-        HEALTH_CONCURRENCY checks in flight: 1,200 checks gathered at once against the health
-        client's 64-connection pool time out and cost ~15 ms of CPU each (see the report)."""
-        rows = await self.engine.status(live=False)
-        host = self.engine.host
-        try:
-            containers: dict[str, Any] | None = {
-                c.name: c for c in await host.docker.list_slot_containers()}
-        except Exception:  # Docker down: shown in the top bar; health still checked
-            containers = None
-        gate = asyncio.Semaphore(HEALTH_CONCURRENCY)
-
-        async def check(row: dict[str, Any]) -> None:
-            if row["state"] == "empty":
-                return
-            async with gate:
-                result = await host.health.check(row["port"])
-            row["health"] = "healthy" if result.ok else "unhealthy"
-            row["health_detail"] = result.detail
-            row["latency_ms"] = None if result.latency_ms is None else round(result.latency_ms, 1)
-            if containers is not None:
-                info = containers.get(row.get("container") or "")
-                row["container_status"] = info.status if info else "missing"
-
-        await asyncio.gather(*(check(row) for row in rows))
-        # The registry may have changed while the checks ran (an operation finished): keep the
-        # files' word, with the health of slots that did not change.
+        """engine.status(live=True) (health checked concurrently, bounded). The registry may have
+        changed while the checks ran (an operation finished): keep the files' word, with the
+        health of slots that did not change."""
+        rows = await self.engine.status(live=True)
         return merge_health(await self.engine.status(live=False), rows)
 
     @work(exclusive=True, group="services", exit_on_error=False)
