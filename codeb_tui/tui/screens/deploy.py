@@ -83,25 +83,29 @@ class DeployModal(ModalScreen[str | None]):
 
     @on(Input.Submitted, "#image")
     def _submitted(self, event: Input.Submitted) -> None:
-        ref = event.value.strip()
+        self._deploy(event.value.strip())
+
+    @on(OptionList.OptionSelected, "#images")
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        # Enter on a listed image deploys it, as the hint under the list says.
+        self._deploy(str(event.option.prompt))
+
+    def _deploy(self, ref: str) -> None:
+        if ref.endswith(":"):
+            self.notify("Add a tag, or pick an image with ↓", severity="warning")
+            return
         try:
             validate_image_ref(ref)
         except CodebError as exc:
             self.notify(str(exc), severity="error")
             return
-        if ref.endswith(":"):
-            self.notify("Add a tag", severity="warning")
-            return
         self.dismiss(ref)
 
-    @on(OptionList.OptionSelected, "#images")
-    def _picked(self, event: OptionList.OptionSelected) -> None:
-        box = self.query_one("#image", Input)
-        box.value = str(event.option.prompt)
-        box.focus()
-
     def action_to_list(self) -> None:
-        self.query_one("#images", OptionList).focus()
+        options = self.query_one("#images", OptionList)
+        if options.option_count and options.highlighted is None:
+            options.highlighted = 0
+        options.focus()
 
     def action_cancel(self) -> None:
         self.dismiss(None)
