@@ -78,13 +78,14 @@ def routes_for(config: Config, all_slots: list[ProjectSlots]) -> list[Route]:
     return routes
 
 
-def live_routes(config: Config, all_slots: list[ProjectSlots]) -> dict[str, int]:
-    """host -> port as traffic flows for this registry, in either mode (reconcile compares it)."""
+def live_routes(config: Config, all_slots: list[ProjectSlots]) -> dict[str, tuple[int, str]]:
+    """host -> (port, route tag) as traffic flows for this registry, in either mode: in file
+    mode a route counts only if its marker should exist (reconcile compares this with Caddy)."""
     markers = wanted_markers(all_slots)
-    live: dict[str, int] = {}
+    live: dict[str, tuple[int, str]] = {}
     for route in routes_for(config, all_slots):
         if route.marker is None or route.marker in markers:
-            live.setdefault(route.host, route.port)
+            live.setdefault(route.host.lower(), (route.port, route.tag))
     return live
 
 

@@ -29,12 +29,7 @@ from urllib.parse import urlsplit
 from codeb_tui.core.engine import Engine, slot_rows
 from codeb_tui.core.errors import CodebError, RegistryCorrupt
 from codeb_tui.core.model import Environment, ProjectSlots, SlotState
-from codeb_tui.core.proxy import routes_for
-
-try:  # the proxy's switch markers (caddy.switch_mode: file)
-    from codeb_tui.core.proxy import wanted_markers
-except ImportError:  # pragma: no cover - a proxy without markers
-    wanted_markers = None
+from codeb_tui.core.proxy import live_routes
 from codeb_tui.infra.docker_engine import (
     LABEL_ENVIRONMENT,
     LABEL_PROJECT,
@@ -252,18 +247,7 @@ async def _live_proxy(engine: Engine) -> dict[str, tuple[int | None, str | None]
 
 def _expected_proxy(engine: Engine, all_pairs: list[ProjectSlots]) -> dict[str, tuple[int, str]]:
     """host -> (port, tag) as traffic should flow for the files, in either switch mode."""
-    mode = getattr(engine.config.caddy, "switch_mode", "reload")
-    wanted = wanted_markers(all_pairs) if wanted_markers is not None and mode == "file" else None
-    expected: dict[str, tuple[int, str]] = {}
-    for route in routes_for(engine.config, all_pairs):
-        if isinstance(route, tuple):  # (host, port, tag)
-            host, port, tag, marker = route[0], route[1], route[2], None
-        else:
-            host, port, tag, marker = route.host, route.port, route.tag, route.marker
-        if marker is not None and wanted is not None and marker not in wanted:
-            continue
-        expected.setdefault(host.lower(), (port, tag))
-    return expected
+    return live_routes(engine.config, all_pairs)
 
 
 async def _guard(coro) -> tuple[Any, BaseException | None]:
@@ -329,7 +313,7 @@ async def reconcile(engine: Engine, repair: bool = False, prune: bool = False,
     pairs = [p for p in all_pairs if in_scope(p.project)]
     file_rows: dict[SlotKey, SlotRow] = {}
     for pair in pairs:
-        for row in _rows(pair):
+        for row in slot_rows(pair):
             file_rows[(row.project, row.environment, row.slot)] = row
     report.checked.update(slot_files=len(pairs), slots=len(file_rows))
 
@@ -421,10 +405,6 @@ def _read_files(registry: Any) -> tuple[list[ProjectSlots], list[tuple[str, str,
         if pair is not None:
             pairs.append(pair)
     return pairs, corrupt
-
-
-def _rows(pair: ProjectSlots) -> list[SlotRow]:
-    return slot_rows(pair)  # the engine's own mapping, so reconcile and operations agree
 
 
 def _describe_store(engine: Engine) -> str:
@@ -616,7 +596,7 @@ async def _repair_database(engine: Engine, report: ReconcileReport, store: Any,
             report.errors.append(f"{project} ({environment}): not repaired: {exc}")
             continue
         if pair is not None:
-            upserts.extend(_rows(pair))
+            upserts.extend(slot_rows(pair))
     try:
         await store.sync_slot_rows(upserts, stale)
     except StoreError as exc:
