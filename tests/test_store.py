@@ -358,6 +358,35 @@ async def test_audit_newest_first_with_filters(store):
 
 
 @both
+async def test_audit_filters_by_team_and_time_range(store):
+    records = [
+        audit("t1", created=T0, team="ops"),
+        audit("t2", action="promote", created=T0 + timedelta(hours=1), team="web"),
+        audit("t3", created=T0 + timedelta(hours=2), team="ops"),
+        audit("t4", created=T0 + timedelta(hours=3)),  # no team (local operator)
+    ]
+    for record in records:
+        await store.record_audit(record)
+
+    async def ids(**filters) -> list[str]:
+        return [r.operation_id for r in await store.list_audit(**filters)]
+
+    assert await ids(team="ops") == ["t3", "t1"]
+    assert await ids(team="nobody") == []
+    assert await ids(since=T0 + timedelta(hours=1)) == ["t4", "t3", "t2"]  # since is inclusive
+    assert await ids(until=T0 + timedelta(hours=2)) == ["t2", "t1"]  # until is exclusive
+    assert await ids(since=T0 + timedelta(minutes=30), until=T0 + timedelta(hours=2, seconds=1)) == ["t3", "t2"]
+    # naive datetimes are UTC; an aware one in another zone means the same instant
+    assert await ids(since=(T0 + timedelta(hours=2)).replace(tzinfo=None)) == ["t4", "t3"]
+    plus2 = timezone(timedelta(hours=2))
+    assert await ids(until=(T0 + timedelta(hours=1)).astimezone(plus2)) == ["t1"]
+    # combined with the older filters
+    assert await ids(team="ops", action="deploy", since=T0 + timedelta(minutes=1)) == ["t3"]
+    assert await ids(team="web", project="shop", action="promote") == ["t2"]
+    assert await ids(team="ops", limit=1) == ["t3"]
+
+
+@both
 async def test_audit_awkward_text_is_stored(store):
     record = audit("odd", detail={"when": T0, "path": Path("/tmp/x")}, log="a\x00b \udcff end")
     await store.record_audit(record)

@@ -111,7 +111,11 @@ class Store(Protocol):
     async def list_slots(self) -> list[SlotRow]: ...
     async def list_deployments(self, project: str | None = None, limit: int = 100) -> list[DeploymentRecord]: ...
     async def list_audit(self, project: str | None = None, action: str | None = None,
-                         limit: int = 100) -> list[AuditRecord]: ...
+                         limit: int = 100, *, team: str | None = None,
+                         since: datetime | None = None,
+                         until: datetime | None = None) -> list[AuditRecord]:
+        """Newest first. Every filter given must hold: `since` <= created_at < `until`
+        (naive datetimes are UTC)."""
 
     # teams and API keys (codeb_tui.core.access hashes and checks; the store only keeps rows)
     async def create_team(self, name: str) -> TeamRow:

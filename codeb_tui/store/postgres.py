@@ -413,7 +413,9 @@ class PostgresStore:
             ]
 
     async def list_audit(self, project: str | None = None, action: str | None = None,
-                         limit: int = 100) -> list[AuditRecord]:
+                         limit: int = 100, *, team: str | None = None,
+                         since: datetime | None = None,
+                         until: datetime | None = None) -> list[AuditRecord]:
         sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_logs"
         where: list[str] = []
         params: list[Any] = []
@@ -423,6 +425,15 @@ class PostgresStore:
         if action is not None:
             params.append(action)
             where.append(f"action = ${len(params)}")
+        if team is not None:
+            params.append(team)
+            where.append(f"team = ${len(params)}")
+        if since is not None:
+            params.append(utc(since))
+            where.append(f"created_at >= ${len(params)}")
+        if until is not None:
+            params.append(utc(until))
+            where.append(f"created_at < ${len(params)}")
         if where:
             sql += " WHERE " + " AND ".join(where)
         params.append(max(0, int(limit)))

@@ -363,7 +363,9 @@ class SqliteStore:
             ]
 
     async def list_audit(self, project: str | None = None, action: str | None = None,
-                         limit: int = 100) -> list[AuditRecord]:
+                         limit: int = 100, *, team: str | None = None,
+                         since: datetime | None = None,
+                         until: datetime | None = None) -> list[AuditRecord]:
         sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_logs"
         where: list[str] = []
         params: list[Any] = []
@@ -373,6 +375,16 @@ class SqliteStore:
         if action is not None:
             where.append("action = ?")
             params.append(action)
+        if team is not None:
+            where.append("team = ?")
+            params.append(team)
+        # created_at is fixed-width UTC text (to_text), so text order is time order.
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(to_text(since))
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(to_text(until))
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
