@@ -296,6 +296,8 @@ async def reconcile(engine: Engine, repair: bool = False, prune: bool = False,
         all_pairs, corrupt_files = await asyncio.to_thread(_read_files, registry)
     except BaseException:
         fetching.cancel()
+        # retrieved, so a cancelled run (the console's drift check) logs no "never retrieved"
+        fetching.add_done_callback(lambda f: f.cancelled() or f.exception())
         raise
     report.timings_ms["read_files"] = (time.perf_counter() - lap) * 1000
     results = await fetching
