@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from codeb_tui.tui.rows import ProjectRow, SlotView
+from codeb_tui.tui.rows import ProjectRow, SlotView, group_rows
 from codeb_tui.tui.screens.confirm import ConfirmModal
 from codeb_tui.tui.screens.deploy import DeployModal
 from codeb_tui.tui.screens.logs import LogsScreen
@@ -39,23 +39,49 @@ def deploy(app: CodebApp, row: ProjectRow) -> None:
     current = row.deployed.image if row.deployed else (row.active.image if row.active else None)
 
     def chosen(image: str | None) -> None:
-        if not image:
-            return
-        if target.state == "grace":
-            lines = [
-                f"Deploy {image} to {row.project} ({row.environment}), slot {target.name}.",
-                f"Slot {target.name} is in GRACE: it holds the rollback target {target.image}.",
-                "Deploying into it destroys the rollback target.",
-            ]
-            app.push_screen(
-                ConfirmModal("Deploy into the grace slot?", lines, confirm_label="Deploy",
-                             require_text=_typed(row)),
-                lambda ok: ok and app.start_operation("deploy", row.project, row.environment,
-                                                      image=image, confirm_grace=True))
-        else:
-            app.start_operation("deploy", row.project, row.environment, image=image)
+        if image:
+            deploy_image(app, row, image)
 
     app.push_screen(DeployModal(row, target, current), chosen)
+
+
+def deploy_image(app: CodebApp, row: ProjectRow, image: str) -> None:
+    """Deploy `image` into the row's idle slot; a grace slot (the rollback target) asks first."""
+    target = row.deploy_target()
+    if target.state == "grace":
+        lines = [
+            f"Deploy {image} to {row.project} ({row.environment}), slot {target.name}.",
+            f"Slot {target.name} is in GRACE: it holds the rollback target {target.image}.",
+            "Deploying into it destroys the rollback target.",
+        ]
+        app.push_screen(
+            ConfirmModal("Deploy into the grace slot?", lines, confirm_label="Deploy",
+                         require_text=_typed(row)),
+            lambda ok: ok and app.start_operation("deploy", row.project, row.environment,
+                                                  image=image, confirm_grace=True))
+    else:
+        app.start_operation("deploy", row.project, row.environment, image=image)
+
+
+def deploy_new(app: CodebApp, environment: str | None = None) -> None:
+    """Ask for project, environment and image; a project+environment that already has slots
+    deploys like `d` on its row (grace confirmation included), a new one allocates ports."""
+    from codeb_tui.tui.screens.new_deploy import NewDeployModal
+
+    def chosen(answer: tuple[str, str, str] | None) -> None:
+        if not answer:
+            return
+        project, env, image = answer
+        row = next((r for r in group_rows(app.status_rows)
+                    if (r.project, r.environment) == (project, env)), None)
+        if row is not None:
+            app.notify(f"{project} ({env}) exists: deploying into its idle slot {row.deploy_target().name}",
+                       timeout=4)
+            deploy_image(app, row, image)
+        else:
+            app.start_operation("deploy", project, env, image=image)
+
+    app.push_screen(NewDeployModal(environment or "production"), chosen)
 
 
 def promote(app: CodebApp, row: ProjectRow) -> None:

@@ -26,7 +26,7 @@ from codeb_tui.core.engine import Engine
 from codeb_tui.core.errors import CodebError, ConfigError
 from codeb_tui.infra.image_registry import ImageRegistry
 from codeb_tui.tui.commands import OperationCommands
-from codeb_tui.tui.messages import OperationUpdated, ServicesChecked, StatusRefreshed
+from codeb_tui.tui.messages import DriftChecked, OperationUpdated, ServicesChecked, StatusRefreshed
 from codeb_tui.tui.operations import OperationRecord
 from codeb_tui.tui.rows import merge_health
 from codeb_tui.tui.themes import builtin_themes
@@ -36,6 +36,8 @@ CPU_BUDGET = 0.10
 """Health checks in flight at once (below the engine's health client pool of 64)."""
 SERVICES_EVERY = 3.0
 """Seconds between Docker / Caddy / database reachability checks."""
+DRIFT_EVERY = 30.0
+"""Seconds between the cheap drift checks behind the top bar's badge (and after each operation)."""
 
 
 class CodebApp(App[int]):
@@ -50,6 +52,10 @@ class CodebApp(App[int]):
         Binding("f2", "cycle_theme", "Theme", id="theme", tooltip="Next theme"),
         Binding("o", "operations", "Ops", id="operations", tooltip="This session's operations and their logs"),
         Binding("t", "ports", "Ports", id="ports", tooltip="Port ranges and conflicts"),
+        Binding("R", "reconcile", "Reconcile", id="reconcile",
+                tooltip="Slot files vs database vs containers, proxy and ports; repair, prune"),
+        Binding("H", "history", "History", id="history",
+                tooltip="The audit trail from the database: search, read each operation's log"),
     ]
 
     live: reactive[bool] = reactive(True, init=False)
@@ -72,6 +78,8 @@ class CodebApp(App[int]):
         self.poll_period: float | None = None
         self.services: ServicesChecked = ServicesChecked(None, None, None)
         self.status_error: str | None = None
+        self.drift: DriftChecked = DriftChecked(None, {})
+        self._drift_pending = False
         self._wake = asyncio.Event()
         self._registry_signature: tuple | None = None
         self._themes = builtin_themes()
@@ -94,6 +102,8 @@ class CodebApp(App[int]):
             # The first frame comes from the registry alone; live polling starts right after.
             self.call_after_refresh(self.set_timer, 0.1, self._poll_loop)
             self.set_interval(self.config.console.registry_watch_interval, self._watch_registry)
+            self.set_timer(0.5, self.check_drift)
+            self.set_interval(DRIFT_EVERY, self.check_drift)
 
     async def on_unmount(self) -> None:
         if self._owns_engine:
@@ -156,6 +166,69 @@ class CodebApp(App[int]):
 
     def poll_now(self) -> None:
         self._wake.set()
+
+    # the drift badge ---------------------------------------------------------------------------
+    def check_drift(self) -> None:
+        """Start the cheap drift check, unless a modal is open or an operation of this console
+        runs (its database write lags its file write); then it runs when the main view is back."""
+        if not self.live:
+            return
+        if isinstance(self.screen, ModalScreen) or any(r.running for r in self.operations):
+            self._drift_pending = True
+            return
+        self._drift_pending = False
+        self._check_drift()
+
+    def check_drift_if_pending(self) -> None:
+        if self._drift_pending:
+            self.check_drift()
+
+    @work(exclusive=True, group="drift", exit_on_error=False, description="drift check")
+    async def _check_drift(self) -> None:
+        """reconcile(live=False): the slot files (read in a thread) against one database query;
+        plus the containers the poller already found missing. Nothing new is asked of Docker."""
+        from codeb_tui.core.reconcile import DriftKind, reconcile
+        from codeb_tui.registry.locks import is_locked
+
+        try:
+            report = await reconcile(self.engine, live=False)
+        except Exception as exc:  # a registry that cannot be read: the top bar says so already
+            self.drift = DriftChecked(None, {}, str(exc))
+            self.post_message(self.drift)
+            return
+        registry = self.engine.registry
+
+        def busy(project: str | None, environment: str | None) -> bool:
+            if project is None or environment is None:
+                return False
+            from codeb_tui.core.model import Environment
+
+            try:
+                suffix = Environment(environment).suffix
+            except ValueError:
+                return False
+            return is_locked(registry.lock_path(f"{project}-{suffix}"))
+
+        if report.of_kind(DriftKind.DATABASE_UNREACHABLE):
+            self.drift = DriftChecked(None, {}, "database unreachable")
+        else:
+            by_kind: dict[str, int] = {}
+            for d in report.remaining:
+                if not busy(d.project, d.environment):  # mid-operation: file written, row next
+                    by_kind[d.kind.value] = by_kind.get(d.kind.value, 0) + 1
+            missing = sum(1 for r in self.status_rows
+                          if r.get("state") != "empty" and r.get("container_status") not in (None, "running")
+                          and not busy(r.get("project"), r.get("environment")))
+            if missing:
+                by_kind[DriftKind.MISSING_CONTAINER.value] = missing
+            self.drift = DriftChecked(sum(by_kind.values()), by_kind)
+        self.post_message(self.drift)
+
+    @on(DriftChecked)
+    def _drift_checked(self, message: DriftChecked) -> None:
+        target = self._redraw_target()
+        if target is not None:
+            target.refresh_drift()
 
     # the registry watcher ----------------------------------------------------------------------
     def _signature(self) -> tuple:
@@ -270,10 +343,12 @@ class CodebApp(App[int]):
             self.notify(event.summary, title=f"{record.operation} done", timeout=6)
             self._load_registry()
             self.poll_now()
+            self.check_drift()
         elif isinstance(event, events.Failed):
             title = "Locked" if event.error_type == "LockHeld" else f"{record.operation} {record.state}"
             self.notify(event.error, title=title, severity="error", timeout=15)
             self._load_registry()
+            self.check_drift()
 
     def _operation_changed(self, record: OperationRecord, event: events.Event | None, line: str) -> None:
         for screen in self.screen_stack:
@@ -319,6 +394,24 @@ class CodebApp(App[int]):
 
         if not isinstance(self.screen, PortsScreen):
             self.push_screen(PortsScreen())
+
+    def action_reconcile(self) -> None:
+        from codeb_tui.tui.screens.reconcile import ReconcileScreen
+
+        if not isinstance(self.screen, ReconcileScreen):
+            self.push_screen(ReconcileScreen())
+
+    def action_history(self) -> None:
+        from codeb_tui.tui.screens.history import HistoryScreen
+
+        if not isinstance(self.screen, HistoryScreen):
+            self.push_screen(HistoryScreen())
+
+    def after_reconcile(self) -> None:
+        """A repair or prune changed things: reload the registry view and the badge."""
+        self._load_registry()
+        self.poll_now()
+        self.check_drift()
 
     def action_cycle_theme(self) -> None:
         names = [t.name for t in self._themes]

@@ -13,6 +13,12 @@ from codeb_tui.tui.rows import group_rows
 class OperationCommands(Provider):
     def _commands(self):
         app = self.app
+        yield ("/we:reconcile (files vs database vs reality)", app.action_reconcile,  # type: ignore[attr-defined]
+               "Compare the slot files with the database, containers, proxy and ports; repair")
+        yield ("/we:history (audit trail)", app.action_history,  # type: ignore[attr-defined]
+               "Every operation from the database: search by project, action, team, time")
+        yield ("/we:deploy-new (project, environment, image)", partial(actions.deploy_new, app),
+               "Deploy a new project, or a project into another environment")
         for row in sorted(group_rows(app.status_rows), key=lambda r: (r.project, r.environment)):  # type: ignore[attr-defined]
             for name, help_text in actions.ACTIONS.items():
                 yield (f"/we:{name} {row.project} ({row.environment})",

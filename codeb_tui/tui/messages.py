@@ -40,3 +40,16 @@ class OperationUpdated(Message):
 
     operation_id: int
     event: events.Event | None  # None: the worker ended without an event (error, cancel)
+
+
+@dataclass
+class DriftChecked(Message):
+    """The cheap periodic reconcile (files vs database, plus the poller's missing containers).
+    `count` is None when it could not be told (database unreachable)."""
+
+    count: int | None
+    by_kind: dict[str, int]
+    error: str | None = None
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, DriftChecked)

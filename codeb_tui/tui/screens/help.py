@@ -14,14 +14,17 @@ def all_bindings() -> list[tuple[str, Binding]]:
     from codeb_tui.tui.app import CodebApp
     from codeb_tui.tui.screens.confirm import ConfirmModal
     from codeb_tui.tui.screens.deploy import DeployModal
+    from codeb_tui.tui.screens.history import HistoryScreen
     from codeb_tui.tui.screens.logs import LogsScreen
     from codeb_tui.tui.screens.main import MainScreen
     from codeb_tui.tui.screens.operations import OperationsScreen
     from codeb_tui.tui.screens.ports import PortsScreen
+    from codeb_tui.tui.screens.reconcile import ReconcileScreen
 
     out = []
     for where, cls in (("everywhere", CodebApp), ("main", MainScreen), ("ports", PortsScreen),
                        ("operations", OperationsScreen), ("logs", LogsScreen),
+                       ("reconcile", ReconcileScreen), ("history", HistoryScreen),
                        ("deploy", DeployModal), ("confirm", ConfirmModal), ("help", HelpScreen)):
         for binding in cls.BINDINGS:
             if isinstance(binding, Binding):
@@ -45,7 +48,7 @@ class HelpScreen(Screen):
                           binding.id or "")
         text = ("\nRemap any key in the config: console: {keymap: {deploy: ctrl+d}}.\n"
                 "Ctrl+P opens the command palette: /we:deploy, /we:promote, /we:rollback, "
-                "/we:cleanup, /we:logs by project name.\n"
+                "/we:cleanup, /we:logs by project name; /we:reconcile, /we:history, /we:deploy-new.\n"
                 "Slot states: ● active (serves production)  ◆ deployed (preview only)  "
                 "◐ grace (rollback target)  ○ empty.  Health: ✓ answer time, ✗ failure.")
         with VerticalScroll(id="help"):

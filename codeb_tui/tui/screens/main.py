@@ -10,6 +10,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.reactive import reactive
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Log, Static
 
@@ -21,6 +22,7 @@ from codeb_tui.tui.rows import (
     group_rows,
     select_rows,
 )
+from codeb_tui.tui.widgets.drift_badge import DriftBadge
 from codeb_tui.tui.widgets.slot_table import SlotTable
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ def _dot(ok: bool | None, name: str) -> Text:
 class MainScreen(Screen):
     BINDINGS = [
         Binding("d", "deploy", "Deploy", id="deploy", tooltip="Deploy an image into the idle slot"),
+        Binding("n", "deploy_new", "New", id="deploy-new",
+                tooltip="Deploy a project (new, or into another environment): name, environment, image"),
         Binding("p", "promote", "Promote", id="promote", tooltip="Send production traffic to the deployed slot"),
         Binding("r", "rollback", "Rollback", id="rollback", tooltip="Send production traffic back to the grace slot"),
         Binding("c", "cleanup", "Cleanup", id="cleanup", tooltip="Empty the grace (or deployed) slot"),
@@ -70,7 +74,9 @@ class MainScreen(Screen):
         self.shown: list[ProjectRow] = []
 
     def compose(self) -> ComposeResult:
-        yield Static(id="topbar")
+        with Horizontal(id="topbar"):
+            yield Static(id="topbar-text")
+            yield DriftBadge(id="drift-badge")
         yield Input(placeholder="filter: project, environment or image (Enter keeps it, Esc clears)",
                     id="filter")
         yield SlotTable(id="slots")
@@ -95,6 +101,8 @@ class MainScreen(Screen):
     def on_screen_resume(self) -> None:
         self.refresh_rows()
         self.refresh_services()
+        self.refresh_drift()
+        self.app.check_drift_if_pending()
 
     # reactive watchers ---------------------------------------------------------------------------
     def watch_wide(self, wide: bool) -> None:
@@ -175,7 +183,12 @@ class MainScreen(Screen):
             bar.append(f"  {running} op(s) running", style="bold magenta")
         if app.status_error:
             bar.append(f"  {app.status_error}", style="bold red")
-        self.query_one("#topbar", Static).update(bar)
+        self.query_one("#topbar-text", Static).update(bar)
+
+    def refresh_drift(self) -> None:
+        if self.is_mounted:
+            drift = self.app.drift
+            self.query_one(DriftBadge).show(drift.count, drift.by_kind)
 
     def refresh_detail(self) -> None:
         row = self.selected_row()
@@ -280,6 +293,11 @@ class MainScreen(Screen):
             from codeb_tui.tui.actions import cleanup
 
             cleanup(self.app, row)
+
+    def action_deploy_new(self) -> None:
+        from codeb_tui.tui.actions import deploy_new
+
+        deploy_new(self.app, self.environment)
 
     def action_logs(self) -> None:
         if (row := self._need_row()) is not None:

@@ -15,6 +15,9 @@ from textual.widgets import Footer, Static
 
 from codeb_tui.core.errors import CodebError
 
+REFRESH_EVERY = 3.0
+"""Seconds between reloads of the report while the screen is visible (live mode only)."""
+
 EXPLAIN = {
     "foreign_listener": "another program listens here; the allocator skips this pair",
     "held_by_unknown_process": "allocated in ssot.json, yet a program that is not its container listens",
@@ -34,8 +37,19 @@ class PortsScreen(Screen):
             yield Static("loading the port report…", id="ports-report")
         yield Footer()
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._shown: dict | None = None
+
     def on_mount(self) -> None:
         self.action_reload()
+        if self.app.live:  # type: ignore[attr-defined]
+            self.set_interval(REFRESH_EVERY, self._tick)
+
+    def _tick(self) -> None:
+        """Reload only while this screen is the one on top (not under help or a modal)."""
+        if self.is_current:
+            self._load()
 
     def action_reload(self) -> None:
         self._load()
@@ -46,9 +60,12 @@ class PortsScreen(Screen):
         try:
             report = await self.app.engine.ports_report()  # type: ignore[attr-defined]
         except CodebError as exc:
+            self._shown = None
             target.update(Text(f"cannot build the port report: {exc}", style="bold red"))
             return
-        target.update(render_report(report))
+        if report != self._shown:  # unchanged: no redraw, the scroll position stays
+            self._shown = report
+            target.update(render_report(report))
 
 
 def render_report(report: dict) -> Group:
