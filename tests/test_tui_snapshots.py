@@ -123,3 +123,85 @@ def test_ports_screen(snap_compare, snapshot_app):
         listener.bind(("127.0.0.1", 31010))
         listener.listen()
         assert snap_compare(snapshot_app(), terminal_size=(120, 40), press=["t", "wait:1500"])
+
+
+# --- reconcile and history: the database is fixed too ------------------------------------------
+
+
+def _database(config, tamper: bool = True, audit: bool = False) -> None:
+    """The SQLite database in step with fixed_registry, then (tamper) made to drift: blog's rows
+    missing, shop's blue image differing, a stale row for a project no file holds."""
+    import asyncio
+    from dataclasses import replace
+
+    from codeb_tui.core.engine import slot_rows
+    from codeb_tui.store import AuditRecord, SlotRow, open_store
+
+    async def write() -> None:
+        store = open_store(None, config.database.sqlite_path, 3.0)
+        await store.connect()
+        await store.migrate()
+        rows = [row for pair in FileRegistry(config.registry.root).read_all() for row in slot_rows(pair)]
+        if tamper:
+            rows = [r for r in rows if r.project != "blog"]
+            rows = [replace(r, image=f"{IMG}:v0") if (r.project, r.slot) == ("shop", "blue") else r
+                    for r in rows]
+            rows.append(SlotRow("gone", "staging", "blue", "active", 31102, f"{IMG}:v1"))
+        await store.upsert_project_slots(rows)
+        if audit:
+            steps = {"deploy": ["-> pull image", "<- pull image ok (40 ms)", "-> start container",
+                                "<- start container ok (210 ms)", "-> health check",
+                                "   healthy: GET /health -> HTTP 200 in 3 ms", "<- health check ok (120 ms)"],
+                     "promote": ["-> final health check", "<- final health check ok (5 ms)",
+                                 "-> switch proxy", "<- switch proxy ok (20 ms)"],
+                     "rollback": ["-> grace slot health check", "<- grace slot health check FAILED (4 ms)"]}
+            history = [
+                ("deploy", "shop", "production", "empty", "deployed", "succeeded", None, 5, 380.0),
+                ("promote", "shop", "production", "deployed", "active", "succeeded", "ops", 4, 95.0),
+                ("deploy", "blog", "production", "empty", "deployed", "succeeded", "web", 3, 1450.0),
+                ("rollback", "blog", "production", "grace", None, "refused", "web", 2, 12.0),
+                ("promote", "blog", "production", "deployed", "active", "succeeded", "ops", 1, 101.0),
+            ]
+            for n, (action, project, env, before, after, result, team, hours, ms) in enumerate(history):
+                at = NOW - timedelta(hours=hours, minutes=7 * n)
+                lines = [f"{at:%H:%M:%S} {action} {project} ({env})"]
+                lines += [f"{at:%H:%M:%S} {line}" for line in steps[action]]
+                lines.append(f"{at:%H:%M:%S} {'done' if result == 'succeeded' else result}")
+                await store.record_audit(AuditRecord(
+                    operation_id=f"{n:032x}", actor="alice" if team else "root", action=action,
+                    project=project, environment=env, from_state=before, to_state=after, result=result,
+                    duration_ms=ms, created_at=at, team=team,
+                    detail={"slot": "blue", "image": f"{IMG}:v{n}"}, log="\n".join(lines)))
+        await store.close()
+
+    asyncio.run(write())
+
+
+@pytest.fixture
+def db_snapshot_app(snapshot_app):
+    def make(**kw) -> CodebApp:
+        app = snapshot_app()
+        _database(app.config, **kw)
+        return app
+
+    return make
+
+
+def test_reconcile_screen(snap_compare, db_snapshot_app):
+    # live off: the files against the database only (no containers, proxy or ports in a picture)
+    assert snap_compare(db_snapshot_app(), terminal_size=(120, 30), press=["R", "wait:800"])
+
+
+def test_reconcile_repair_confirmation(snap_compare, db_snapshot_app):
+    assert snap_compare(db_snapshot_app(), terminal_size=(120, 30), press=["R", "wait:800", "f"])
+
+
+def test_history_screen(snap_compare, db_snapshot_app):
+    app = db_snapshot_app(tamper=False, audit=True)
+    assert snap_compare(app, terminal_size=(120, 35), press=["H", "wait:800", "down"])
+
+
+def test_history_screen_filtered(snap_compare, db_snapshot_app):
+    app = db_snapshot_app(tamper=False, audit=True)
+    keys = ["H", "wait:500", "slash", *"action:promote since:270m", "enter", "wait:500"]
+    assert snap_compare(app, terminal_size=(120, 35), press=keys)
