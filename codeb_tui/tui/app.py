@@ -171,7 +171,7 @@ class CodebApp(App[int]):
     def check_drift(self) -> None:
         """Start the cheap drift check, unless a modal is open or an operation of this console
         runs (its database write lags its file write); then it runs when the main view is back."""
-        if not self.live:
+        if not self.live or not self.screen_stack:  # shutting down: no screen left
             return
         if isinstance(self.screen, ModalScreen) or any(r.running for r in self.operations):
             self._drift_pending = True
@@ -275,8 +275,8 @@ class CodebApp(App[int]):
         """The main screen, unless a modal is on top (then it redraws when it comes back)."""
         from codeb_tui.tui.screens.main import MainScreen
 
-        if isinstance(self.screen, ModalScreen):
-            return None
+        if not self.screen_stack or isinstance(self.screen, ModalScreen):
+            return None  # no screen: the app is shutting down
         screen = self.screen
         return screen if isinstance(screen, MainScreen) else None
 
