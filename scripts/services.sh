@@ -95,6 +95,11 @@ start_dockerd() {
   if docker_ok; then log "dockerd already answering on unix://$SOCK"; return 0; fi
   # a pidfile left by a dead dockerd (or naming a recycled PID) makes dockerd refuse to start
   alive_pid "$DOCKERD_PID" dockerd >/dev/null || rm -f "$DOCKERD_PID"
+  # the same for the containerd dockerd supervises: a killed one leaves containerd.pid, and if
+  # that PID still exists (a zombie not yet reaped, a recycled PID) dockerd waits for a socket
+  # that never comes ("timeout waiting for containerd to start")
+  local ctrd_pid="$DIR/docker-exec/containerd/containerd.pid"
+  alive_pid "$ctrd_pid" containerd >/dev/null || rm -f "$ctrd_pid"
   if alive_pid "$DOCKERD_PID" dockerd >/dev/null; then
     die "dockerd $(cat "$DOCKERD_PID") is running but unix://$SOCK does not answer"
   fi

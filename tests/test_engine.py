@@ -6,7 +6,6 @@ import json
 import sqlite3
 from datetime import timedelta
 
-import pytest
 
 from codeb_tui.core import events
 from codeb_tui.core.engine import Engine

@@ -2,7 +2,6 @@
 
 import json
 import multiprocessing
-import time
 
 import pytest
 
@@ -10,7 +9,7 @@ from codeb_tui.core.errors import LockHeld, RegistryCorrupt
 from codeb_tui.core.model import Environment, ProjectSlots, Slot, SlotName, SlotState
 from codeb_tui.core.ports import PortSources, allocate_port_pair
 from codeb_tui.core.errors import PortRangeFull
-from codeb_tui.registry.files import FileRegistry, Ssot
+from codeb_tui.registry.files import FileRegistry
 
 PROD = Environment.PRODUCTION
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
 import sqlite3
 import subprocess
 import sys
@@ -25,10 +23,11 @@ from codeb_tui.store import load_migrations, open_store
 from codeb_tui.store.base import AuditRecord, DeploymentRecord, SlotRow, StoreError
 from codeb_tui.store.postgres import PostgresStore
 from codeb_tui.store.sqlite import SqliteStore
+from conftest import STORE_BACKENDS, STORE_PG_DSN
 
-PG_DSN = os.environ.get("CODEB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-SKIP_PG = os.environ.get("CODEB_SKIP_PG") == "1"
-BACKENDS = ["sqlite", "postgresql"]
+# The backends' fixtures (pg_schema, make_store, store) live in conftest.py, shared with
+# test_access.py.
+PG_DSN, BACKENDS = STORE_PG_DSN, STORE_BACKENDS
 
 EXPECTED_TABLES = {"schema_migrations", "teams", "api_keys", "projects", "project_slots",
                    "deployments", "audit_logs"}
@@ -37,56 +36,6 @@ EXPECTED_INDEXES = {"audit_logs_project_created_at_idx", "audit_logs_action_crea
 LATEST = len(load_migrations("sqlite"))
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-async def _drop_schema(schema: str) -> None:
-    try:
-        conn = await asyncpg.connect(PG_DSN, timeout=5)
-    except Exception:
-        return  # the test itself already failed on the unreachable server
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-def pg_schema():
-    if SKIP_PG:
-        pytest.skip("CODEB_SKIP_PG=1")
-    return "codeb_test_" + secrets.token_hex(6)
-
-
-@pytest.fixture
-async def make_store(request, tmp_path):
-    """A factory of unconnected stores on one database; all are closed (and the PG schema
-    dropped) afterwards."""
-    backend = request.param
-    stores = []
-    schema = None
-    if backend == "postgresql":
-        schema = request.getfixturevalue("pg_schema")
-    sqlite_path = tmp_path / "nested" / "dir" / "codeb.sqlite3"
-
-    def make():
-        dsn = PG_DSN if backend == "postgresql" else None
-        store = open_store(dsn, sqlite_path, 3.0, schema=schema or "public")
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        await store.close()
-    if schema is not None:
-        await _drop_schema(schema)
-
-
-@pytest.fixture
-async def store(make_store):
-    s = make_store()
-    await s.connect()
-    await s.migrate()
-    return s
 
 
 both = pytest.mark.parametrize("make_store", BACKENDS, indirect=True)
