@@ -105,7 +105,7 @@ async def test_history_lists_filters_and_shows_logs(make_config, prefix):
             log = "\n".join(screen.query_one("#history-log").lines)
             assert "deploy" in log and image("v2") in log and "health check" in log
 
-            await pilot.press("slash")
+            # The search line has the focus when the screen opens: typing searches.
             await pilot.press(*f"project:{project} action:promote", "enter")
             await until(pilot, lambda: [r.action for r in screen.records] == ["promote"], what="the filter")
             log = "\n".join(screen.query_one("#history-log").lines)

@@ -203,5 +203,5 @@ def test_history_screen(snap_compare, db_snapshot_app):
 
 def test_history_screen_filtered(snap_compare, db_snapshot_app):
     app = db_snapshot_app(tamper=False, audit=True)
-    keys = ["H", "wait:500", "slash", *"action:promote since:270m", "enter", "wait:500"]
+    keys = ["H", "wait:500", *"action:promote since:270m", "enter", "wait:500"]
     assert snap_compare(app, terminal_size=(120, 35), press=keys)

@@ -66,8 +66,14 @@ class HistoryScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).focus()
+        # Opened to search: what the operator types goes to the search line; ↓ or Enter moves
+        # on to the rows.
+        self.query_one("#history-query", Input).focus()
         self.action_reload()
+
+    def key_down(self) -> None:
+        if self.focused is self.query_one("#history-query", Input):
+            self.query_one(DataTable).focus()
 
     def watch_error(self, error: str | None) -> None:
         self.set_class(error is not None, "-error")
