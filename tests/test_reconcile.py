@@ -131,6 +131,10 @@ async def test_missing_rows_after_an_outage_are_listed_and_repaired(make_config,
         assert again.drift == [] and again.in_sync
         rows = {r.slot: r for r in await (await engine.store()).list_slots()}
         assert rows["blue"].state == "deployed" and rows["blue"].image == image("v1")
+        # The repair is in the audit trail like any operation.
+        repair = (await (await engine.store()).list_audit(action="reconcile.repair"))[0]
+        assert repair.result == "succeeded" and repair.detail["fixed"] == 2
+        assert f"missing_row {project} production blue: fixed" in repair.log
     finally:
         await engine.aclose()
     assert await run_reconcile(cli_args(scope), config) == 0

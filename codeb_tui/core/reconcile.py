@@ -18,10 +18,11 @@ import asyncio
 import fnmatch
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +38,7 @@ from codeb_tui.infra.docker_engine import (
     ContainerInfo,
 )
 from codeb_tui.registry.locks import is_locked
-from codeb_tui.store.base import SlotRow, StoreError
+from codeb_tui.store.base import AuditRecord, SlotRow, StoreError
 
 # SlotRow fields compared between a file and the database, in SlotRow's order.
 COMPARED_FIELDS = tuple(f.name for f in fields(SlotRow)
@@ -389,7 +390,28 @@ async def reconcile(engine: Engine, repair: bool = False, prune: bool = False,
             await _prune(engine, report)
         report.timings_ms["repair"] = (time.perf_counter() - lap) * 1000
     report.elapsed_ms = (time.perf_counter() - started) * 1000
+    if (repair or prune) and store is not None:
+        await _audit(engine, report, store)
     return report
+
+
+async def _audit(engine: Engine, report: ReconcileReport, store: Any) -> None:
+    """A repair or a prune changes things: it goes into the audit trail like any operation."""
+    fixed = [d for d in report.drift if d.fixed]
+    action = "reconcile.prune" if report.prune else "reconcile.repair"
+    lines = [f"{d.kind.value} {d.project or '-'} {d.environment or '-'} {d.slot or '-'}: "
+             f"{'fixed' if d.fixed else 'left'}: {d.detail}" for d in report.drift]
+    try:
+        await store.record_audit(AuditRecord(
+            operation_id=uuid.uuid4().hex, actor=engine.actor, action=action, project=None,
+            environment=None, from_state=None, to_state=None,
+            result="failed" if report.errors else "succeeded", duration_ms=report.elapsed_ms,
+            created_at=datetime.now(timezone.utc),
+            detail={"fixed": len(fixed), "remaining": len(report.remaining), "errors": report.errors},
+            log="\n".join(lines + report.errors),
+        ))
+    except StoreError as exc:
+        report.errors.append(f"could not write the audit row: {exc}")
 
 
 def _read_files(registry: Any) -> tuple[list[ProjectSlots], list[tuple[str, str, str]]]:
