@@ -48,10 +48,8 @@ ON CONFLICT (name) DO UPDATE SET updated_at = EXCLUDED.updated_at
 RETURNING id
 """
 
-_UPSERT_SLOT = """
-INSERT INTO project_slots (project_id, environment, slot, state, port, image, container_id,
-                           deployed_at, promoted_at, grace_expires_at, version, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+# A slot row is the file's word: an existing row takes every field of the new one.
+_ON_SLOT_CONFLICT = """
 ON CONFLICT (project_id, environment, slot) DO UPDATE SET
     state = EXCLUDED.state,
     port = EXCLUDED.port,
@@ -64,6 +62,12 @@ ON CONFLICT (project_id, environment, slot) DO UPDATE SET
     updated_at = EXCLUDED.updated_at
 """
 
+_UPSERT_SLOT = """
+INSERT INTO project_slots (project_id, environment, slot, state, port, image, container_id,
+                           deployed_at, promoted_at, grace_expires_at, version, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+""" + _ON_SLOT_CONFLICT
+
 # Reconcile's batch: one statement over arrays, the project id joined by name.
 _SYNC_SLOTS = """
 INSERT INTO project_slots (project_id, environment, slot, state, port, image, container_id,
@@ -75,17 +79,7 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::t
      AS u(project, environment, slot, state, port, image, container_id, deployed_at,
           promoted_at, grace_expires_at, version)
 JOIN projects p ON p.name = u.project
-ON CONFLICT (project_id, environment, slot) DO UPDATE SET
-    state = EXCLUDED.state,
-    port = EXCLUDED.port,
-    image = EXCLUDED.image,
-    container_id = EXCLUDED.container_id,
-    deployed_at = EXCLUDED.deployed_at,
-    promoted_at = EXCLUDED.promoted_at,
-    grace_expires_at = EXCLUDED.grace_expires_at,
-    version = EXCLUDED.version,
-    updated_at = EXCLUDED.updated_at
-"""
+""" + _ON_SLOT_CONFLICT
 _DELETE_SLOTS = """
 DELETE FROM project_slots s USING projects p,
      unnest($1::text[], $2::text[], $3::text[]) AS d(project, environment, slot)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -44,10 +45,8 @@ ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at
 RETURNING id
 """
 
-_UPSERT_SLOT = """
-INSERT INTO project_slots (project_id, environment, slot, state, port, image, container_id,
-                           deployed_at, promoted_at, grace_expires_at, version, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+# A slot row is the file's word: an existing row takes every field of the new one.
+_ON_SLOT_CONFLICT = """
 ON CONFLICT (project_id, environment, slot) DO UPDATE SET
     state = excluded.state,
     port = excluded.port,
@@ -60,23 +59,19 @@ ON CONFLICT (project_id, environment, slot) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
+_UPSERT_SLOT = """
+INSERT INTO project_slots (project_id, environment, slot, state, port, image, container_id,
+                           deployed_at, promoted_at, grace_expires_at, version, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+""" + _ON_SLOT_CONFLICT
+
 # Reconcile's batch: the project id looked up by name inside the statement, so that one
 # executemany covers every row.
 _SYNC_SLOT = """
 INSERT INTO project_slots (project_id, environment, slot, state, port, image, container_id,
                            deployed_at, promoted_at, grace_expires_at, version, updated_at)
 VALUES ((SELECT id FROM projects WHERE name = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (project_id, environment, slot) DO UPDATE SET
-    state = excluded.state,
-    port = excluded.port,
-    image = excluded.image,
-    container_id = excluded.container_id,
-    deployed_at = excluded.deployed_at,
-    promoted_at = excluded.promoted_at,
-    grace_expires_at = excluded.grace_expires_at,
-    version = excluded.version,
-    updated_at = excluded.updated_at
-"""
+""" + _ON_SLOT_CONFLICT
 _DELETE_SLOT = """
 DELETE FROM project_slots
 WHERE project_id = (SELECT id FROM projects WHERE name = ?) AND environment = ? AND slot = ?
@@ -188,7 +183,7 @@ class SqliteStore:
                                   isolation_level=None),
                 self.connect_timeout)
             await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            await db.execute("PRAGMA journal_mode = WAL")
+            await self._use_wal(db)
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
         except Exception as exc:
@@ -199,6 +194,23 @@ class SqliteStore:
                     pass
             raise StoreError(f"SQLite at {self.path} unavailable: {one_line(exc)}") from exc
         self._db = db
+
+    async def _use_wal(self, db: aiosqlite.Connection) -> None:
+        """WAL lets several codeb processes write. The mode is kept in the file, so only the
+        first connection ever switches it; that switch can answer "database is locked" at once,
+        without waiting on busy_timeout, while another process holds the new file: retry."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                async with db.execute("PRAGMA journal_mode") as cursor:
+                    (mode,) = await cursor.fetchone()
+                if str(mode).lower() != "wal":
+                    await db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
 
     async def close(self) -> None:
         db, self._db = self._db, None
