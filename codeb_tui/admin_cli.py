@@ -16,14 +16,13 @@ unknown key, Access Denied); one line on stderr.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 from datetime import datetime
 from typing import Any
 
-from codeb_tui.config import Config, load_config
+from codeb_tui.config import Config
 from codeb_tui.core.access import (
     authorize,
     generate_api_key,
@@ -272,45 +271,3 @@ async def _db_status(args: argparse.Namespace, store: Store, out: _Out) -> int:
         lines.append("pending  none")
     out.emit(data, "\n".join(lines))
     return EXIT_OK
-
-
-# --- standalone: python -m codeb_tui.admin_cli ... ---------------------------------------------
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        sys.stderr.write(f"codeb: {message}\n")
-        raise SystemExit(EXIT_REFUSED)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    def global_options(suppress: bool) -> argparse.ArgumentParser:
-        options = argparse.ArgumentParser(add_help=False)
-        default = {"default": argparse.SUPPRESS} if suppress else {}
-        options.add_argument("--config", help="config file (default: $CODEB_CONFIG)", **default)
-        options.add_argument("--json", action="store_true", help="JSON output", **default)
-        return options
-
-    parser = _Parser(prog="codeb", parents=[global_options(suppress=False)],
-                     description="Teams, API keys and the database schema.")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True,
-                                metavar="{team,apikey,db}")
-    add_admin_commands(sub, global_options(suppress=True))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config)
-        return asyncio.run(run_admin(args, config))
-    except CodebError as exc:
-        sys.stderr.write(f"codeb: {exc}\n")
-        return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("codeb: interrupted\n")
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from codeb_tui.admin_cli import api_key_of, build_parser, run_admin
+from codeb_tui.admin_cli import api_key_of, run_admin
+from codeb_tui.cli import build_parser
 from codeb_tui.config import parse_config
 from codeb_tui.core import access
 from codeb_tui.core.access import (
@@ -299,7 +300,7 @@ async def test_authorize_when_postgresql_is_unreachable(tmp_path):
 
 def admin(*args: str, config: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in __import__("os").environ.items() if k != "CODEB_API_KEY"}
-    return subprocess.run([sys.executable, "-m", "codeb_tui.admin_cli", "--config", str(config),
+    return subprocess.run([sys.executable, "-m", "codeb_tui.cli", "--config", str(config),
                            *args], capture_output=True, text=True, timeout=60,
                           env={**base, **(env or {})}, cwd=REPO)
 
