@@ -383,7 +383,8 @@ class Engine:
                 if backup is not None:
                     await self._restore_proxy_config(run, backup, exc)
                 raise
-            atomic_write_json(self.config.caddy.config_dir / "caddy.json", config)
+            if backup is not None:  # a new config went live: keep a copy of what Caddy runs
+                atomic_write_json(self.config.caddy.config_dir / "caddy.json", config)
             return written
 
     async def _load_proxy_config(self, run: OperationRun, config: dict) -> dict | None:
