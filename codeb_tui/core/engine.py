@@ -181,15 +181,23 @@ class Engine:
                         )
                     run.from_state = target.state.value
 
-            if self.config.docker.pull:
-                async with run.step("pull image"):
-                    await self.host.docker.pull(image)
-                    run.log(f"pulled {image}")
+            # A new project needs the ports in use: ask Docker and the host while pulling.
+            seen = asyncio.ensure_future(self.seen_ports()) if pair is None else None
+            try:
+                if self.config.docker.pull:
+                    async with run.step("pull image"):
+                        await self.host.docker.pull(image)
+                        run.log(f"pulled {image}")
+            except BaseException:
+                if seen is not None:
+                    seen.cancel()
+                    await asyncio.gather(seen, return_exceptions=True)
+                raise
 
             reserved: tuple[int, int] | None = None
             if pair is None:
                 async with run.step("allocate ports"):
-                    reserved = await self._reserve_ports(project, env)
+                    reserved = await self._reserve_ports(project, env, await seen)
                     run.log(f"allocated blue {reserved[0]}, green {reserved[1]}")
                 pair = ProjectSlots(project, env, Slot(SlotName.BLUE, reserved[0]),
                                     Slot(SlotName.GREEN, reserved[1]))
@@ -332,20 +340,27 @@ class Engine:
         return HealthRecord(True, result.detail, utcnow(), result.latency_ms)
 
     # ports -----------------------------------------------------------------------------------
-    async def port_sources(self, ssot_ports: set[int] | None = None) -> PortSources:
+    async def seen_ports(self) -> tuple[frozenset[int], frozenset[int]]:
+        """Ports of codeb's containers (running or not) and ports listening on the host."""
+        containers, listening = await asyncio.gather(
+            self.host.docker.list_slot_containers(), self.host.listening_ports())
+        return frozenset(c.port for c in containers if c.port is not None), frozenset(listening)
+
+    async def port_sources(self, ssot_ports: set[int] | None = None,
+                           seen: tuple[frozenset[int], frozenset[int]] | None = None) -> PortSources:
         if ssot_ports is None:
             ssot_ports = set(self.registry.read_ssot().allocated)
-        containers = await self.host.docker.list_slot_containers()
-        return PortSources(
-            registry=frozenset(ssot_ports),
-            containers=frozenset(c.port for c in containers if c.port is not None),
-            listening=frozenset(await self.host.listening_ports()),
-        )
+        containers, listening = seen or await self.seen_ports()
+        return PortSources(registry=frozenset(ssot_ports), containers=containers, listening=listening)
 
-    async def _reserve_ports(self, project: str, env: Environment) -> tuple[int, int]:
+    async def _reserve_ports(self, project: str, env: Environment,
+                             seen: tuple[frozenset[int], frozenset[int]]) -> tuple[int, int]:
+        """Allocate and write down a pair. `seen` may be read before the lock is taken: another
+        codeb process writes its pair into ssot.json before it starts a container on it, and
+        ssot.json is read under the lock."""
         with self.registry.global_lock("ssot", f"allocate ports for {project} ({env.value})"):
             ssot = self.registry.read_ssot()
-            sources = await self.port_sources(set(ssot.allocated))
+            sources = await self.port_sources(set(ssot.allocated), seen)
             blue, green = allocate_port_pair(self.config.env(env).ports, sources, env.value)
             ssot.allocated[blue] = project
             ssot.allocated[green] = project
