@@ -68,7 +68,12 @@ class SlotTable(DataTable):
                     continue
                 for column, (before, after) in zip(self._columns_shown, zip(old or (None,) * len(new), new)):
                     if before != after:
-                        self.update_cell(key, column, after, update_width=True)
+                        # Asking DataTable to update the width re-measures the whole column
+                        # (every row, per cell): at 600 rows a poll cost seconds of CPU. Only
+                        # a cell wider than its column needs it; columns shrink on a rebuild.
+                        width = after.cell_len if isinstance(after, Text) else len(str(after))
+                        wider = width > self.columns[column].content_width
+                        self.update_cell(key, column, after, update_width=wider)
         self._cells = cells
 
     def _row_cells(self, row: ProjectRow, now: datetime, age: float | None, wide: bool) -> tuple:
