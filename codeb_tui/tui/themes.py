@@ -1,4 +1,4 @@
-"""Console themes: YAML files in codeb_tui/tui/themes/, checked and turned into Textual themes."""
+"""Console themes: YAML files in themes/ (linked as codeb_tui/tui/themes), checked and turned into Textual themes."""
 
 from __future__ import annotations
 
