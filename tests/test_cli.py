@@ -176,3 +176,5 @@ def test_roles_gate_operations_and_denials_are_audited(config_file, prefix, tmp_
     assert [(a, r) for a, r, _, _ in rows] == [("deploy", "denied"), ("deploy", "succeeded"),
                                                ("cleanup", "denied"), ("promote", "denied")]
     assert rows[1][2].startswith("apikey:cb_") and rows[1][3] == "ops"
+    # A known key with too small a role is named with its team; a revoked one is not trusted.
+    assert rows[0][2] == "apikey:" + keys["viewer"][:11] and rows[0][3] == "ops"

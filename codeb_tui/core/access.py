@@ -243,7 +243,7 @@ async def authorize(store: Store | None, api_key: str | None, action: str,
     principal = Principal(team=row.team, role=row.role, prefix=row.prefix, key_name=row.name,
                           key_id=row.id)
     if not is_allowed(principal.role, action, environment):
-        raise AccessDenied(_refusal(principal, action, environment))
+        raise AccessDenied(_refusal(principal, action, environment), principal=principal)
     return principal
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from codeb_tui.config import Config
 from codeb_tui.core import events
-from codeb_tui.core.access import authorize
+from codeb_tui.core.access import Principal, authorize
 from codeb_tui.core.errors import (
     AccessDenied,
     BadInput,
@@ -131,7 +131,12 @@ class Engine:
             store = await self.store()
         except StoreError as exc:
             raise AccessDenied(f"Access Denied: cannot verify the API key: {exc}") from None
-        principal = await authorize(store, self.api_key, run.operation, environment)
+        try:
+            principal = await authorize(store, self.api_key, run.operation, environment)
+        except AccessDenied as denied:
+            if isinstance(denied.principal, Principal):  # a valid key with too small a role
+                run.actor, run.team = denied.principal.actor, denied.principal.team
+            raise
         run.actor, run.team = principal.actor, principal.team
 
     # operations ------------------------------------------------------------------------------

@@ -69,7 +69,9 @@ class AccessDenied(CodebError):
 
     exit_code = EXIT_REFUSED
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, principal: object | None = None) -> None:
         if not message.startswith("Access Denied:"):
             message = f"Access Denied: {message}"
+        self.principal = principal
+        """The key's Principal when the key is valid but its role falls short (for the audit)."""
         super().__init__(message)
