@@ -31,7 +31,7 @@ REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")
 IMAGE = f"{REGISTRY}/demo/app"
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ports the kernel has free now (ephemeral range, far from the slot ranges), so that two
     test sessions on one machine never share a Caddy."""
     socks = [socket.socket() for _ in range(count)]
@@ -44,7 +44,7 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-CADDY_ADMIN_PORT, CADDY_HTTP_PORT = _free_ports(2)
+CADDY_ADMIN_PORT, CADDY_HTTP_PORT = free_ports(2)
 PG_DSN = os.environ.get("CODEB_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
-import shutil
 import socket
 import sqlite3
-import subprocess
-import time
 from dataclasses import fields
 
 import asyncpg
@@ -32,7 +28,7 @@ from codeb_tui.core.reconcile import DriftKind, reconcile
 from codeb_tui.reconcile_cli import add_reconcile_command, run_reconcile
 from codeb_tui.store.base import SlotRow
 
-from conftest import PG_DSN, collect, image, terminal
+from conftest import PG_DSN, collect, free_ports, image, terminal, through_caddy
 
 PROD = Environment.PRODUCTION
 DOWN_DSN = "postgresql://postgres@127.0.0.1:5999/postgres"
@@ -57,51 +53,6 @@ def cli_args(*argv: str) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command")
     add_reconcile_command(sub, common)
     return parser.parse_args(["reconcile", *argv])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def caddy(tmp_path_factory):
-    """This module's own Caddy (overrides conftest's session Caddy): admin and sites on free
-    loopback ports."""
-    root = tmp_path_factory.mktemp("reconcile-caddy")
-    admin_port, http_port = free_port(), free_port()
-    config = root / "caddy.json"
-    config.write_text(json.dumps({"admin": {"listen": f"127.0.0.1:{admin_port}"}}))
-    env = {**os.environ, "XDG_CONFIG_HOME": str(root / "config"),
-           "XDG_DATA_HOME": str(root / "data")}
-    log = open(root / "caddy.log", "w")
-    proc = subprocess.Popen([shutil.which("caddy") or "/usr/bin/caddy", "run", "--config",
-                             str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    admin = f"http://127.0.0.1:{admin_port}"
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            if httpx.get(f"{admin}/config/", timeout=1, trust_env=False).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"caddy did not start: {(root / 'caddy.log').read_text()[-2000:]}")
-        time.sleep(0.1)
-    yield {"admin": admin, "listen": f"127.0.0.1:{http_port}", "http_port": http_port}
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
-def through(caddy: dict, host: str) -> httpx.Response:
-    """A request through this module's Caddy with the site's Host header (never DNS)."""
-    return httpx.get(f"http://127.0.0.1:{caddy['http_port']}/", headers={"Host": host},
-                     timeout=5, trust_env=False)
 
 
 async def test_missing_rows_after_an_outage_are_listed_and_repaired(make_config, prefix, capsys):
@@ -218,7 +169,7 @@ async def test_orphan_container_is_listed_and_only_pruned_on_request(engine, pre
     orphan_project = f"{prefix}-x"
     orphan = docker_client.containers.run(
         image("v1"), name=f"codeb-{orphan_project}-prod-blue", detach=True, network_mode="host",
-        init=True, environment={"PORT": str(free_port())},
+        init=True, environment={"PORT": str(free_ports(1)[0])},
         labels={"codeb.project": orphan_project, "codeb.environment": "production",
                 "codeb.slot": "blue"})
     scope = [f"{prefix}*"]
@@ -295,7 +246,7 @@ async def test_proxy_changed_outside_codeb_is_reapplied(engine, prefix, caddy):
             upstreams[0]["dial"] = f"127.0.0.1:{pair.green.port}"
     response = httpx.post(f"{caddy['admin']}/load", json=config, timeout=5, trust_env=False)
     assert response.status_code == 200, response.text
-    assert through(caddy, f"{project}.prod.test").text.startswith("healthy v2 slot=green")
+    assert through_caddy(f"{project}.prod.test").text.startswith("healthy v2 slot=green")
 
     report = await reconcile(engine, projects=[f"{prefix}*"])
     assert kinds(report) == [("proxy_drift", project, "blue"), ("proxy_drift", project, "green")]
@@ -306,21 +257,21 @@ async def test_proxy_changed_outside_codeb_is_reapplied(engine, prefix, caddy):
 
     report = await reconcile(engine, repair=True, projects=[f"{prefix}*"])
     assert all(d.fixed for d in report.drift) and report.in_sync
-    assert through(caddy, f"{project}.prod.test").text.startswith("healthy v1 slot=blue")
-    assert through(caddy, f"green.{project}.prod-preview.test").text.startswith("healthy v2")
+    assert through_caddy(f"{project}.prod.test").text.startswith("healthy v1 slot=blue")
+    assert through_caddy(f"green.{project}.prod-preview.test").text.startswith("healthy v2")
     assert (await reconcile(engine, projects=[f"{prefix}*"])).drift == []
 
-    if getattr(engine.config.caddy, "switch_mode", "reload") == "file":
+    if engine.config.caddy.switch_mode == "file":
         # The switch marker removed by hand: production has no route any more.
         live = engine.config.caddy.markers / f"{project}-prod.blue.live"
         live.unlink()
-        assert through(caddy, prod_host).status_code == 404
+        assert through_caddy(prod_host).status_code == 404
         report = await reconcile(engine, projects=[f"{prefix}*"])
         assert kinds(report) == [("proxy_drift", project, "blue")]
         assert f"no route for {prod_host}" in report.drift[0].detail
         report = await reconcile(engine, repair=True, projects=[f"{prefix}*"])
         assert report.in_sync and live.exists()
-        assert through(caddy, prod_host).text.startswith("healthy v1 slot=blue")
+        assert through_caddy(prod_host).text.startswith("healthy v1 slot=blue")
 
 
 async def test_field_edited_in_the_database_and_stale_rows(engine, prefix):
