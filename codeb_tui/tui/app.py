@@ -377,35 +377,35 @@ class CodebApp(App[int]):
                 self.set_timer(self.config.console.poll_interval, self._poll_loop)
 
     # actions -----------------------------------------------------------------------------------
+    def _push_once(self, screen_type: type) -> None:
+        """Open a screen unless it is already on top: pressing its key again stacks no second one."""
+        if not isinstance(self.screen, screen_type):
+            self.push_screen(screen_type())
+
     def action_help(self) -> None:
         from codeb_tui.tui.screens.help import HelpScreen
 
-        if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+        self._push_once(HelpScreen)
 
     def action_operations(self) -> None:
         from codeb_tui.tui.screens.operations import OperationsScreen
 
-        if not isinstance(self.screen, OperationsScreen):
-            self.push_screen(OperationsScreen())
+        self._push_once(OperationsScreen)
 
     def action_ports(self) -> None:
         from codeb_tui.tui.screens.ports import PortsScreen
 
-        if not isinstance(self.screen, PortsScreen):
-            self.push_screen(PortsScreen())
+        self._push_once(PortsScreen)
 
     def action_reconcile(self) -> None:
         from codeb_tui.tui.screens.reconcile import ReconcileScreen
 
-        if not isinstance(self.screen, ReconcileScreen):
-            self.push_screen(ReconcileScreen())
+        self._push_once(ReconcileScreen)
 
     def action_history(self) -> None:
         from codeb_tui.tui.screens.history import HistoryScreen
 
-        if not isinstance(self.screen, HistoryScreen):
-            self.push_screen(HistoryScreen())
+        self._push_once(HistoryScreen)
 
     def after_reconcile(self) -> None:
         """A repair or prune changed things: reload the registry view and the badge."""
