@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from codeb_tui.config import parse_config  # noqa: E402
-from codeb_tui.core.model import Environment, ProjectSlots, Slot, SlotName, SlotState, utcnow  # noqa: E402
+from codeb_tui.domain.config import parse_config  # noqa: E402
+from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState, utcnow  # noqa: E402
 from codeb_tui.registry.files import FileRegistry, Ssot  # noqa: E402
 
 RANGES = {"production": (24000, 24999), "staging": (25000, 25999), "preview": (26000, 26999)}

@@ -31,8 +31,8 @@ import httpx
 import yaml
 
 from bench.switch import ADMIN_PORT, HTTP_PORT, must, start_caddy
-from codeb_tui.config import parse_config
-from codeb_tui.core.engine import Engine
+from codeb_tui.domain.config import parse_config
+from codeb_tui.engine.facade import Engine
 
 REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")
 IMAGE = f"{REGISTRY}/demo/app:v1"

@@ -29,10 +29,10 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from codeb_tui.config import parse_config
-from codeb_tui.core.engine import Engine, slot_rows
-from codeb_tui.core.model import Environment, ProjectSlots, Slot, SlotName, SlotState, utcnow
-from codeb_tui.core.reconcile import reconcile
+from codeb_tui.domain.config import parse_config
+from codeb_tui.engine.facade import Engine, slot_rows
+from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState, utcnow
+from codeb_tui.engine.reconcile import reconcile
 from codeb_tui.registry.files import Ssot, slot_file_json
 
 TARGET_S = 2.0

@@ -30,9 +30,9 @@ from pathlib import Path
 import httpx
 
 from bench.loadgen import LoadProcess, Sample, failures, rate, stale_answers
-from codeb_tui.config import parse_config
-from codeb_tui.core import events
-from codeb_tui.core.engine import Engine
+from codeb_tui.domain.config import parse_config
+from codeb_tui.domain import events
+from codeb_tui.engine.facade import Engine
 
 ADMIN_PORT, HTTP_PORT = 2219, 18180
 REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")

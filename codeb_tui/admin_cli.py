@@ -22,17 +22,17 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from codeb_tui.config import Config
-from codeb_tui.core.access import (
-    authorize,
+from codeb_tui.domain.config import Config
+from codeb_tui.domain.access import (
     generate_api_key,
     key_prefix,
     validate_key_name,
     validate_role,
     validate_team_name,
 )
-from codeb_tui.core.access import ROLES
-from codeb_tui.core.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, BadInput, CodebError
+from codeb_tui.domain.access import ROLES
+from codeb_tui.engine.access import authorize
+from codeb_tui.domain.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, BadInput, CodebError
 from codeb_tui.store import Store, StoreError, StoreRefused, load_migrations, open_store
 from codeb_tui.store.base import ApiKeyRow, TeamRow
 

@@ -9,12 +9,12 @@ import sys
 from collections.abc import AsyncIterator
 
 from codeb_tui.admin_cli import ADMIN_COMMANDS, add_admin_commands, add_api_key_option, api_key_of, run_admin
-from codeb_tui.config import Config, load_config
+from codeb_tui.domain.config import Config, load_config
 from codeb_tui.reconcile_cli import add_reconcile_command, run_reconcile
-from codeb_tui.core import events
-from codeb_tui.core.engine import Engine, dumps_event
-from codeb_tui.core.access import authorize
-from codeb_tui.core.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, AccessDenied, CodebError
+from codeb_tui.domain import events
+from codeb_tui.engine.facade import Engine, dumps_event
+from codeb_tui.engine.access import authorize
+from codeb_tui.domain.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, AccessDenied, CodebError
 from codeb_tui.store.base import StoreError
 
 

@@ -12,10 +12,10 @@ import argparse
 import json
 import sys
 
-from codeb_tui.config import Config
-from codeb_tui.core.engine import Engine
-from codeb_tui.core.errors import EXIT_FAILED, EXIT_OK, CodebError
-from codeb_tui.core.reconcile import ReconcileReport, reconcile
+from codeb_tui.domain.config import Config
+from codeb_tui.engine.facade import Engine
+from codeb_tui.domain.errors import EXIT_FAILED, EXIT_OK, CodebError
+from codeb_tui.engine.reconcile import ReconcileReport, reconcile
 
 
 def add_reconcile_command(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -22,9 +22,9 @@ import httpx
 import pytest
 import yaml
 
-from codeb_tui.config import Config, parse_config
-from codeb_tui.core import events
-from codeb_tui.core.engine import Engine
+from codeb_tui.domain.config import Config, parse_config
+from codeb_tui.domain import events
+from codeb_tui.engine.facade import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")

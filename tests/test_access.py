@@ -1,4 +1,4 @@
-"""Teams, API keys and the permission matrix (codeb_tui.core.access, codeb_tui.admin_cli).
+"""Teams, API keys and the permission matrix (codeb_tui.domain.access, codeb_tui.admin_cli).
 
 Store tests run on a real SQLite file and the real local PostgreSQL (fixtures in conftest.py,
 as for test_store.py). The command line runs in real processes against SQLite.
@@ -19,20 +19,20 @@ import pytest
 
 from codeb_tui.admin_cli import api_key_of, run_admin
 from codeb_tui.cli import build_parser
-from codeb_tui.config import parse_config
-from codeb_tui.core import access
-from codeb_tui.core.access import (
+from codeb_tui.domain.config import parse_config
+from codeb_tui.domain import access
+from codeb_tui.domain.access import (
     ACTIONS,
     PERMISSIONS,
     ROLES,
     Principal,
-    authorize,
     generate_api_key,
     hash_api_key,
     is_allowed,
     key_prefix,
 )
-from codeb_tui.core.errors import AccessDenied, BadInput, CodebError
+from codeb_tui.engine.access import authorize
+from codeb_tui.domain.errors import AccessDenied, BadInput, CodebError
 from codeb_tui.store import StoreError, StoreRefused, load_migrations, open_store
 from conftest import REPO, STORE_BACKENDS
 

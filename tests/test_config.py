@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from codeb_tui.config import load_config, parse_config
-from codeb_tui.core.errors import ConfigError
+from codeb_tui.domain.config import load_config, parse_config
+from codeb_tui.domain.errors import ConfigError
 
 
 def test_example_config_is_the_defaults():
@@ -60,6 +60,6 @@ def test_urls_follow_the_domain_patterns():
 
 
 def config_env(name):
-    from codeb_tui.core.model import Environment
+    from codeb_tui.domain.model import Environment
 
     return Environment(name)

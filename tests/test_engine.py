@@ -7,9 +7,9 @@ import sqlite3
 from datetime import timedelta
 
 
-from codeb_tui.core import events
-from codeb_tui.core.engine import Engine
-from codeb_tui.core.model import Environment, SlotState, utcnow
+from codeb_tui.domain import events
+from codeb_tui.engine.facade import Engine
+from codeb_tui.domain.model import Environment, SlotState, utcnow
 
 from conftest import CADDY_HTTP_PORT, collect, image, terminal, through_caddy
 

@@ -9,14 +9,14 @@ import sys
 import pytest
 
 CORE_MODULES = [
-    "codeb_tui.core.engine",
-    "codeb_tui.core.model",
-    "codeb_tui.core.ports",
-    "codeb_tui.core.proxy",
+    "codeb_tui.engine.facade",
+    "codeb_tui.domain.model",
+    "codeb_tui.domain.ports",
+    "codeb_tui.domain.proxy",
     "codeb_tui.registry.files",
     "codeb_tui.store",
     "codeb_tui.infra.host",
-    "codeb_tui.config",
+    "codeb_tui.domain.config",
 ]
 
 

@@ -20,11 +20,11 @@ import asyncpg
 import httpx
 import pytest
 
-from codeb_tui.core import events
-from codeb_tui.core.engine import Engine, slot_rows
-from codeb_tui.core.model import Environment
-from codeb_tui.core.proxy import build_caddy_config
-from codeb_tui.core.reconcile import DriftKind, reconcile
+from codeb_tui.domain import events
+from codeb_tui.engine.facade import Engine, slot_rows
+from codeb_tui.domain.model import Environment
+from codeb_tui.domain.proxy import build_caddy_config
+from codeb_tui.engine.reconcile import DriftKind, reconcile
 from codeb_tui.reconcile_cli import add_reconcile_command, run_reconcile
 from codeb_tui.store.base import SlotRow
 

@@ -5,10 +5,10 @@ import multiprocessing
 
 import pytest
 
-from codeb_tui.core.errors import LockHeld, RegistryCorrupt
-from codeb_tui.core.model import Environment, ProjectSlots, Slot, SlotName, SlotState
-from codeb_tui.core.ports import PortSources, allocate_port_pair
-from codeb_tui.core.errors import PortRangeFull
+from codeb_tui.domain.errors import LockHeld, RegistryCorrupt
+from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState
+from codeb_tui.domain.ports import PortSources, allocate_port_pair
+from codeb_tui.domain.errors import PortRangeFull
 from codeb_tui.registry.files import FileRegistry
 
 PROD = Environment.PRODUCTION

@@ -8,16 +8,16 @@ import time
 
 import pytest
 
-from codeb_tui.core.engine import Engine
-from codeb_tui.core.errors import ConfigError
-from codeb_tui.core.model import Environment
+from codeb_tui.engine.facade import Engine
+from codeb_tui.domain.errors import ConfigError
+from codeb_tui.domain.model import Environment
 from codeb_tui.tui.app import CodebApp
 from codeb_tui.tui.screens.confirm import ConfirmModal
 from codeb_tui.tui.screens.deploy import DeployModal
 from codeb_tui.tui.screens.main import MainScreen
 from conftest import collect, image, terminal, through_caddy
 
-from codeb_tui.core import events
+from codeb_tui.domain import events
 
 
 async def until(pilot, predicate, timeout: float = 30.0, what: str = "condition") -> None:

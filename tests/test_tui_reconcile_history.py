@@ -7,9 +7,9 @@ import asyncio
 import sqlite3
 from datetime import datetime, timezone
 
-from codeb_tui.core import events
-from codeb_tui.core.engine import Engine
-from codeb_tui.core.model import Environment
+from codeb_tui.domain import events
+from codeb_tui.engine.facade import Engine
+from codeb_tui.domain.model import Environment
 from codeb_tui.tui.app import CodebApp
 from codeb_tui.tui.history_query import QueryError, parse_query
 from codeb_tui.tui.screens.confirm import ConfirmModal

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from codeb_tui.core.model import Environment, HealthRecord, ProjectSlots, Slot, SlotName, SlotState
+from codeb_tui.domain.model import Environment, HealthRecord, ProjectSlots, Slot, SlotName, SlotState
 from codeb_tui.registry.files import FileRegistry, Ssot
 from codeb_tui.tui.app import CodebApp
 from codeb_tui.tui.operations import OperationRecord
@@ -134,7 +134,7 @@ def _database(config, tamper: bool = True, audit: bool = False) -> None:
     import asyncio
     from dataclasses import replace
 
-    from codeb_tui.core.engine import slot_rows
+    from codeb_tui.engine.facade import slot_rows
     from codeb_tui.store import AuditRecord, SlotRow, open_store
 
     async def write() -> None:

@@ -10,7 +10,7 @@ import time
 from bench.loadgen import LoadProcess, failures, rate, stale_answers
 from conftest import CADDY_HTTP_PORT, collect, image, terminal
 
-from codeb_tui.core import events
+from codeb_tui.domain import events
 
 
 async def switch(stream) -> tuple[float, float, str]:

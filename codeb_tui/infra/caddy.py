@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from codeb_tui.core.errors import ProxyApplyFailed
+from codeb_tui.domain.errors import ProxyApplyFailed
 
 
 class CaddyAdmin:

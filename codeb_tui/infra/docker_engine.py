@@ -15,7 +15,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from codeb_tui.core.errors import ImageNotFound, OperationFailed
+from codeb_tui.domain.errors import ImageNotFound, OperationFailed
 
 LABEL_PROJECT = "codeb.project"
 LABEL_ENVIRONMENT = "codeb.environment"

@@ -8,7 +8,7 @@ import abc
 import os
 from pathlib import Path
 
-from codeb_tui.config import Config
+from codeb_tui.domain.config import Config
 from codeb_tui.infra.caddy import CaddyAdmin
 from codeb_tui.infra.docker_engine import DockerEngine
 from codeb_tui.infra.health import HealthChecker

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from codeb_tui.core.errors import OperationFailed
+from codeb_tui.domain.errors import OperationFailed
 
 
 class ImageRegistry:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from codeb_tui.core.errors import RegistryCorrupt
-from codeb_tui.core.model import (
+from codeb_tui.domain.errors import RegistryCorrupt
+from codeb_tui.domain.model import (
     Environment,
     HealthRecord,
     ProjectSlots,

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from codeb_tui.core.errors import LockHeld
+from codeb_tui.domain.errors import LockHeld
 
 
 def current_actor() -> str:

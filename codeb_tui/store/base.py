@@ -117,7 +117,7 @@ class Store(Protocol):
         """Newest first. Every filter given must hold: `since` <= created_at < `until`
         (naive datetimes are UTC)."""
 
-    # teams and API keys (codeb_tui.core.access hashes and checks; the store only keeps rows)
+    # teams and API keys (codeb_tui.domain.access hashes and checks; the store only keeps rows)
     async def create_team(self, name: str) -> TeamRow:
         """StoreRefused "team <name> already exists" on a duplicate."""
     async def list_teams(self) -> list[TeamRow]:

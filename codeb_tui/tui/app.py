@@ -20,10 +20,10 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.worker import Worker, WorkerState
 
-from codeb_tui.config import Config
-from codeb_tui.core import events
-from codeb_tui.core.engine import Engine
-from codeb_tui.core.errors import CodebError, ConfigError
+from codeb_tui.domain.config import Config
+from codeb_tui.domain import events
+from codeb_tui.engine.facade import Engine
+from codeb_tui.domain.errors import CodebError, ConfigError
 from codeb_tui.infra.image_registry import ImageRegistry
 from codeb_tui.tui.commands import OperationCommands
 from codeb_tui.tui.messages import DriftChecked, OperationUpdated, ServicesChecked, StatusRefreshed
@@ -187,7 +187,7 @@ class CodebApp(App[int]):
     async def _check_drift(self) -> None:
         """reconcile(live=False): the slot files (read in a thread) against one database query;
         plus the containers the poller already found missing. Nothing new is asked of Docker."""
-        from codeb_tui.core.reconcile import DriftKind, reconcile
+        from codeb_tui.engine.reconcile import DriftKind, reconcile
         from codeb_tui.registry.locks import is_locked
 
         try:
@@ -201,7 +201,7 @@ class CodebApp(App[int]):
         def busy(project: str | None, environment: str | None) -> bool:
             if project is None or environment is None:
                 return False
-            from codeb_tui.core.model import Environment
+            from codeb_tui.domain.model import Environment
 
             try:
                 suffix = Environment(environment).suffix

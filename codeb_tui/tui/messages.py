@@ -7,7 +7,7 @@ from typing import Any
 
 from textual.message import Message
 
-from codeb_tui.core import events
+from codeb_tui.domain import events
 
 
 @dataclass

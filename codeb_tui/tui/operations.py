@@ -6,7 +6,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from codeb_tui.core import events
+from codeb_tui.domain import events
 
 _ids = itertools.count(1)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from textual.theme import Theme
 
-from codeb_tui.core.errors import ConfigError
+from codeb_tui.domain.errors import ConfigError
 
 THEMES_DIR = Path(__file__).parent / "themes"
 BUILTIN_ORDER = ("codeb-dark", "codeb-light", "codeb-high-contrast")

@@ -12,8 +12,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from codeb_tui.core.errors import CodebError
-from codeb_tui.core.model import validate_image_ref
+from codeb_tui.domain.errors import CodebError
+from codeb_tui.domain.model import validate_image_ref
 
 if TYPE_CHECKING:
     from codeb_tui.tui.rows import ProjectRow, SlotView

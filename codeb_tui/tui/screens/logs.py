@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 
-from codeb_tui.core.model import Environment, SlotName, container_name
+from codeb_tui.domain.model import Environment, SlotName, container_name
 
 if TYPE_CHECKING:
     from codeb_tui.tui.rows import ProjectRow

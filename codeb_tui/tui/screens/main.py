@@ -307,6 +307,6 @@ class MainScreen(Screen):
 
 
 def _suffix(environment: str) -> str:
-    from codeb_tui.core.model import Environment
+    from codeb_tui.domain.model import Environment
 
     return Environment(environment).suffix

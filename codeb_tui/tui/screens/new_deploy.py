@@ -9,8 +9,8 @@ from textual.containers import Vertical
 from textual.events import Mount
 from textual.widgets import Input, Label, OptionList, RadioButton, RadioSet, Static
 
-from codeb_tui.core.errors import CodebError
-from codeb_tui.core.model import Environment, validate_image_ref, validate_project_name
+from codeb_tui.domain.errors import CodebError
+from codeb_tui.domain.model import Environment, validate_image_ref, validate_project_name
 from codeb_tui.tui.screens.deploy import DeployModal
 
 

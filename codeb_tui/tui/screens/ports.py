@@ -13,7 +13,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from codeb_tui.core.errors import CodebError
+from codeb_tui.domain.errors import CodebError
 
 REFRESH_EVERY = 3.0
 """Seconds between reloads of the report while the screen is visible (live mode only)."""

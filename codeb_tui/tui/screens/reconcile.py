@@ -14,8 +14,8 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from codeb_tui.core.errors import CodebError
-from codeb_tui.core.reconcile import Drift, DriftKind, ReconcileReport, reconcile
+from codeb_tui.domain.errors import CodebError
+from codeb_tui.engine.reconcile import Drift, DriftKind, ReconcileReport, reconcile
 from codeb_tui.tui.screens.confirm import ConfirmModal
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class ReconcileScreen(Screen):
         self.running = "repairing" if repair else "pruning" if prune else "scanning"
         try:
             if (repair or prune) and app.engine.api_key is not None:
-                from codeb_tui.core.access import authorize
+                from codeb_tui.engine.access import authorize
 
                 await authorize(await app.engine.store(), app.engine.api_key,
                                 "reconcile.prune" if prune else "reconcile.repair", None)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from codeb_tui.core import events
-from codeb_tui.core.errors import CodebError
+from codeb_tui.domain import events
+from codeb_tui.domain.errors import CodebError
 
 Body = Callable[["OperationRun"], Awaitable[tuple[str, dict[str, Any]]]]
 Epilogue = Callable[["OperationRun", events.Event], Awaitable[None]]

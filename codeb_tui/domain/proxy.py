@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from codeb_tui.config import Config
-from codeb_tui.core.model import ProjectSlots, SlotName, SlotState
+from codeb_tui.domain.config import Config
+from codeb_tui.domain.model import ProjectSlots, SlotName, SlotState
 
 SERVER_NAME = "codeb"
 LIVE_STATES = (SlotState.DEPLOYED, SlotState.ACTIVE, SlotState.GRACE)

@@ -27,10 +27,10 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from codeb_tui.core.engine import Engine, slot_rows
-from codeb_tui.core.errors import CodebError, RegistryCorrupt
-from codeb_tui.core.model import Environment, ProjectSlots, SlotState
-from codeb_tui.core.proxy import live_routes
+from codeb_tui.engine.facade import Engine, slot_rows
+from codeb_tui.domain.errors import CodebError, RegistryCorrupt
+from codeb_tui.domain.model import Environment, ProjectSlots, SlotState
+from codeb_tui.domain.proxy import live_routes
 from codeb_tui.infra.docker_engine import (
     LABEL_ENVIRONMENT,
     LABEL_PROJECT,

@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from codeb_tui.config import Config
-from codeb_tui.core import events
-from codeb_tui.core.access import Principal, authorize
-from codeb_tui.core.errors import (
+from codeb_tui.domain.config import Config
+from codeb_tui.domain import events
+from codeb_tui.domain.access import Principal
+from codeb_tui.engine.access import authorize
+from codeb_tui.domain.errors import (
     AccessDenied,
     BadInput,
     HealthCheckFailed,
@@ -23,7 +24,7 @@ from codeb_tui.core.errors import (
     ProxyApplyFailed,
     TransitionRefused,
 )
-from codeb_tui.core.model import (
+from codeb_tui.domain.model import (
     Environment,
     HealthRecord,
     ProjectSlots,
@@ -35,9 +36,9 @@ from codeb_tui.core.model import (
     validate_image_ref,
     validate_project_name,
 )
-from codeb_tui.core.operation import OperationRun, run_operation
-from codeb_tui.core.ports import PortSources, allocate_port_pair
-from codeb_tui.core.proxy import build_caddy_config, route_count, wanted_markers
+from codeb_tui.engine.operation import OperationRun, run_operation
+from codeb_tui.domain.ports import PortSources, allocate_port_pair
+from codeb_tui.domain.proxy import build_caddy_config, route_count, wanted_markers
 from codeb_tui.infra.docker_engine import ContainerInfo, labels_for
 from codeb_tui.infra.host import Host, LocalHost
 from codeb_tui.registry.files import FileRegistry, atomic_write_json

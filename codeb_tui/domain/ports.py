@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from codeb_tui.core.errors import PortRangeFull
+from codeb_tui.domain.errors import PortRangeFull
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ class ProxyApplyFailed(OperationFailed):
 
 class AccessDenied(CodebError):
     """An API key that is missing, unknown, revoked or whose role does not allow the action
-    (codeb_tui.core.access). The message always starts with "Access Denied:"."""
+    (codeb_tui.domain.access). The message always starts with "Access Denied:"."""
 
     exit_code = EXIT_REFUSED
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from codeb_tui.core.errors import ConfigError
-from codeb_tui.core.model import Environment
+from codeb_tui.domain.errors import ConfigError
+from codeb_tui.domain.model import Environment
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from enum import StrEnum
 
-from codeb_tui.core.errors import BadInput
+from codeb_tui.domain.errors import BadInput
 
 PROJECT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 # A Docker image reference: [host[:port]/]path[:tag][@digest]. Deliberately narrower than the

@@ -7,22 +7,21 @@ when it is created, and never again.
 
 Every key belongs to one team and has one role. What a role may do is data (`PERMISSIONS`):
 action -> role -> the environments in which the role may perform it. `authorize()` is the one
-check: it raises `AccessDenied` (exit 2, "Access Denied: ...") or returns the `Principal`.
+check (`codeb_tui.engine.access.authorize`) raises `AccessDenied` (exit 2, "Access Denied: ...")
+or returns the `Principal`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 import string
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from codeb_tui.core.errors import AccessDenied, BadInput
-from codeb_tui.core.model import Environment
-from codeb_tui.store.base import ApiKeyRow, Store, StoreError
+from codeb_tui.domain.errors import AccessDenied, BadInput
+from codeb_tui.domain.model import Environment
 
 __all__ = [
     "ACTIONS",
@@ -32,7 +31,6 @@ __all__ = [
     "NewApiKey",
     "Principal",
     "allowed_environments",
-    "authorize",
     "generate_api_key",
     "hash_api_key",
     "is_allowed",
@@ -206,49 +204,6 @@ def _refusal(principal: Principal, action: str, environment: str | None) -> str:
     roles = [r for r in ROLES if needed <= allowed_environments(r, action)]
     needs = f"; it needs role {' or '.join(roles)}" if roles else ""
     return f"Access Denied: role {principal.role} may not {action} {who}{needs}"
-
-
-async def authorize(store: Store | None, api_key: str | None, action: str,
-                    environment: str | None = None) -> Principal:
-    """The principal of `api_key` when its role may perform `action` in `environment` (None or
-    "*" mean every environment: a member's `cleanup` without --env is refused because it would
-    cover production). `store` must be connected. Raises `AccessDenied` for a missing, malformed,
-    unknown or revoked key, a role that does not allow the action, or a store that cannot be
-    asked ("Access Denied: cannot verify the API key: <reason>")."""
-    if action not in PERMISSIONS:
-        raise AccessDenied(f"Access Denied: unknown action {action!r}")
-    _environments(environment)  # an unknown environment is refused before the lookup
-    key = (api_key or "").strip()
-    if not key:
-        raise AccessDenied("Access Denied: an API key is required (--api-key or $CODEB_API_KEY)")
-    m = KEY_RE.match(key)
-    if m is None:
-        raise AccessDenied("Access Denied: malformed API key (expected cb_<8 characters>_<32 "
-                           "characters>)")
-    prefix = m.group(1)
-    if store is None:
-        raise AccessDenied("Access Denied: cannot verify the API key: no database")
-    try:
-        row: ApiKeyRow | None = await store.find_api_key(hash_api_key(key))
-    except StoreError as exc:
-        raise AccessDenied(f"Access Denied: cannot verify the API key: {exc}") from exc
-    except Exception as exc:  # a driver error that escaped the store's wrapping
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise AccessDenied(f"Access Denied: cannot verify the API key: {reason}") from exc
-    if row is None or not hmac.compare_digest(row.prefix, prefix):
-        raise AccessDenied(f"Access Denied: unknown API key {KEY_PREFIX}{prefix}_...")
-    if row.revoked_at is not None:
-        raise AccessDenied(f"Access Denied: API key {KEY_PREFIX}{prefix} (team {row.team}) was "
-                           f"revoked at {_when(row.revoked_at)}")
-    principal = Principal(team=row.team, role=row.role, prefix=row.prefix, key_name=row.name,
-                          key_id=row.id)
-    if not is_allowed(principal.role, action, environment):
-        raise AccessDenied(_refusal(principal, action, environment), principal=principal)
-    return principal
-
-
-def _when(value: datetime) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def matrix_markdown() -> str:
