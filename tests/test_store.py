@@ -32,7 +32,7 @@ PG_DSN, BACKENDS = STORE_PG_DSN, STORE_BACKENDS
 EXPECTED_TABLES = {"schema_migrations", "teams", "api_keys", "projects", "project_slots",
                    "deployments", "audit_logs"}
 EXPECTED_INDEXES = {"audit_logs_project_created_at_idx", "audit_logs_action_created_at_idx",
-                    "deployments_project_started_at_idx"}
+                    "deployments_project_started_at_idx", "audit_logs_operation_id_action_key"}
 LATEST = len(load_migrations("sqlite"))
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -61,6 +61,15 @@ def audit(op_id: str, project="shop", action="deploy", created=T0, **kw) -> Audi
     base.update(kw)
     return AuditRecord(operation_id=op_id, action=action, project=project, created_at=created,
                        **base)
+
+
+async def two_stores(make_store):
+    """Two connected stores on one migrated database, as two codeb processes."""
+    a, b = make_store(), make_store()
+    await a.connect()
+    await b.connect()
+    await a.migrate()
+    return a, b
 
 
 # --- migrations ---------------------------------------------------------------------------------
@@ -276,11 +285,65 @@ async def test_deployments_newest_first_with_filter(store):
 
 
 @both
-async def test_record_deployment_twice_keeps_one_row(store):
-    await store.record_deployment(deployment("op1", result="failed", error="boom"))
+async def test_record_deployment_twice_keeps_the_first_row(store):
+    first = deployment("op1", result="failed", error="boom")
+    await store.record_deployment(first)
+    await store.record_deployment(first)
     await store.record_deployment(deployment("op1", result="succeeded"))
-    (row,) = await store.list_deployments()
-    assert (row.result, row.error) == ("succeeded", None)
+    assert await store.list_deployments() == [first]
+
+
+@both
+async def test_record_audit_twice_keeps_the_first_row(store):
+    first = audit("op1", log="first")
+    await store.record_audit(first)
+    await store.record_audit(first)
+    await store.record_audit(audit("op1", log="second", result="failed"))
+    # Another action under the same operation id is another row.
+    other = audit("op1", action="reconcile.repair", created=T0 + timedelta(seconds=1))
+    await store.record_audit(other)
+    assert await store.list_audit() == [other, first]
+
+
+@both
+async def test_concurrent_history_writes_leave_one_row(make_store):
+    """Two processes writing the same operation at once (an engine and a journal replay)."""
+    a, b = await two_stores(make_store)
+    records = [deployment(f"op{i}") for i in range(10)]
+    audits = [audit(f"op{i}") for i in range(10)]
+    await asyncio.gather(*(s.record_deployment(r) for r in records for s in (a, b)),
+                         *(s.record_audit(r) for r in audits for s in (a, b)))
+    assert sorted(r.operation_id for r in await a.list_deployments()) == sorted(
+        r.operation_id for r in records)
+    assert len(await b.list_audit()) == 10
+
+
+async def _sqlite_with_duplicate_audit_rows(path: Path) -> None:
+    """A database at migration 003 where one operation's audit row was written twice."""
+    db = sqlite3.connect(path)
+    try:
+        db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                   "applied_at TEXT NOT NULL)")
+        for migration in load_migrations("sqlite")[:3]:
+            db.executescript(migration.sql)
+            db.execute("INSERT INTO schema_migrations VALUES (?, '2025-01-01T00:00:00.000000Z')",
+                       (migration.version,))
+        for log in ("first", "second"):
+            db.execute("INSERT INTO audit_logs (operation_id, actor, action, result, duration_ms, "
+                       "log, created_at) VALUES ('op1', 'alice', 'deploy', 'succeeded', 1, ?, "
+                       "'2025-01-01T00:00:00.000000Z')", (log,))
+        db.commit()
+    finally:
+        db.close()
+
+
+async def test_migration_004_keeps_the_first_of_duplicate_audit_rows(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    await _sqlite_with_duplicate_audit_rows(path)
+    async with open_store(None, path, 3.0) as s:
+        assert await s.migrate() == list(range(4, LATEST + 1))
+        (row,) = await s.list_audit()
+        assert row.log == "first"
 
 
 @both
@@ -412,10 +475,7 @@ async def test_methods_wrap_errors_in_store_error(make_store):
 @both
 async def test_stores_share_data_across_connections(make_store):
     """Two stores on the same database (as two codeb processes) see each other's writes."""
-    a, b = make_store(), make_store()
-    await a.connect()
-    await b.connect()
-    await a.migrate()
+    a, b = await two_stores(make_store)
     await asyncio.gather(
         a.upsert_project_slots([slot(project=f"p{i}") for i in range(10)]),
         b.upsert_project_slots([slot(project=f"p{i}", slot="green") for i in range(10)]),
