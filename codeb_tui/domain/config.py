@@ -1,75 +1,229 @@
 """Typed, validated configuration.
 
-Loaded from YAML into frozen dataclasses. Unknown keys and values of the wrong type or range are
-a `ConfigError` whose message names the key (`caddy.admin: ...`), never a silent default.
+Pydantic models, frozen, that refuse unknown keys. `load_config` reads YAML (a key given twice is
+refused), applies `CODEB_*` environment overrides and validates. Every problem is one
+`ConfigError` line that starts with the dotted key (`caddy.admin: expected an http(s) URL, got
+'x'`), never a silent default.
 """
 
 from __future__ import annotations
 
 import os
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+import re
 from pathlib import Path
-from typing import Any
+from string import Formatter
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from codeb_tui.domain.errors import ConfigError
 from codeb_tui.domain.model import Environment
 
+OVERRIDE_PREFIX = "CODEB_"
+OVERRIDE_DELIMITER = "__"
+NOT_OVERRIDES = frozenset({
+    "CODEB_CONFIG",  # the config file itself
+    "CODEB_API_KEY",
+    # set by scripts/services.sh for the demo, tests and benches
+    "CODEB_SERVICES_DIR", "CODEB_REGISTRY_URL", "CODEB_DEMO_IMAGE", "CODEB_CADDY_ADMIN",
+    "CODEB_PG_DSN", "CODEB_SKIP_PG", "CODEB_BUSYBOX",
+    # what codeb passes to the containers it runs (codeb may itself run in one)
+    "CODEB_PROJECT", "CODEB_ENVIRONMENT", "CODEB_SLOT",
+})
+"""`CODEB_*` variables with another meaning, never read as config overrides (nor `CODEB_TEST_*`)."""
+NOT_OVERRIDE_PREFIXES = ("CODEB_TEST_",)
 
-@dataclass(frozen=True)
-class RegistryConfig:
-    root: Path = Path("/opt/codeb/registry")
-    lock_timeout: float = 0.0
+
+class _ErrorAt(ValueError):
+    """A problem below the value being validated, at `path` relative to it, so that the message
+    can still name the exact key (`environments.qa`, not `environments`)."""
+
+    def __init__(self, path: tuple[str, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+
+
+# ---------------------------------------------------------------------------------------------
+# Field types
+
+
+def _resolve_path(value: Any, info: ValidationInfo) -> Path:
+    """`~` is expanded; a relative path is relative to the config file's folder."""
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a path, got {_shown(value)}")
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    base_dir = (info.context or {}).get("base_dir") or Path.cwd()
+    return (base_dir / path).resolve()
+
+
+def _url_of(schemes: tuple[str, ...], expected: str, show_value: bool = True) -> AfterValidator:
+    def check(value: str) -> str:
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            parts = urlsplit("")
+        place = parts.path if parts.scheme == "unix" else parts.netloc
+        if parts.scheme not in schemes or not place or any(c.isspace() for c in value):
+            raise ValueError(f"expected {expected}, got {_shown(value)}" if show_value
+                             else f"expected {expected}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_listen(value: str) -> str:
+    host, colon, port = value.rpartition(":")
+    valid_port = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+    if not colon or not valid_port or any(c.isspace() or c == "/" for c in host):
+        raise ValueError(f"expected host:port with a port in 1..65535, got {_shown(value)}")
+    return value
+
+
+def _check_url_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError(f"must start with '/' and have no spaces, got {_shown(value)}")
+    return value
+
+
+Text = Annotated[str, Field(min_length=1)]
+Seconds = Annotated[float, Field(gt=0)]
+ConfigPath = Annotated[Path, BeforeValidator(_resolve_path)]
+Port = Annotated[int, Field(ge=1024, le=65535)]
+HttpUrl = Annotated[Text, _url_of(("http", "https"), "an http(s) URL")]
+DockerEndpoint = Annotated[Text, _url_of(
+    ("unix", "tcp", "http", "https", "ssh"), "a unix://, tcp://, http://, https:// or ssh:// URL")]
+# The value is not repeated in the message: a DSN may carry a password.
+PostgresDsn = Annotated[Text, _url_of(("postgresql", "postgres"), "a postgresql:// DSN",
+                                      show_value=False)]
+ListenAddress = Annotated[Text, AfterValidator(_check_listen)]
+UrlPath = Annotated[Text, AfterValidator(_check_url_path)]
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _check_host_pattern(pattern: str, allowed: tuple[str, ...]) -> str:
+    """A host name with placeholders: only `allowed` ones, {project} always, and once filled in a
+    valid DNS name (no scheme, path, port or spaces)."""
+    names = ["{" + name + "}" for name in allowed]
+    only = ", ".join(names[:-1]) + " and " + names[-1]
+    try:
+        fields = [(name, spec, conversion)
+                  for _, name, spec, conversion in Formatter().parse(pattern) if name is not None]
+    except ValueError:
+        raise ValueError(f"unbalanced braces in {_shown(pattern)}") from None
+    if any(name not in allowed or spec or conversion for name, spec, conversion in fields):
+        raise ValueError(f"only {only} may be used, got {_shown(pattern)}")
+    if "{project}" not in pattern:
+        raise ValueError("must contain {project}")
+    host = pattern.format(project="shop", env="production", slot="green")
+    labels = host.split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"expected a host name pattern like {{project}}.example.com (letters, digits, '-' "
+            f"and '.'; no scheme, port, path or spaces), got {_shown(pattern)}"
+        )
+    return pattern
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+class _Section(BaseModel):
+    # strict: "yes" is not true and "60" is not a number; the YAML types must be right.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class RegistryConfig(_Section):
+    root: ConfigPath = Path("/opt/codeb/registry")
+    lock_timeout: Annotated[float, Field(ge=0)] = 0.0
     """Seconds to wait for a project lock before refusing; 0 refuses at once."""
 
 
-@dataclass(frozen=True)
-class EnvironmentConfig:
-    ports: tuple[int, int]
-    domain: str
-    preview_domain: str
+class EnvironmentConfig(_Section):
+    # strict=False: YAML gives a list, the model keeps a tuple (the ports themselves stay strict).
+    ports: Annotated[tuple[Port, Port], Field(strict=False)]
+    """Inclusive range; blue slots take the even ports, green the next odd one."""
+    domain: Text
+    preview_domain: Text
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_from_even_low_to_high(cls, ports: tuple[int, int]) -> tuple[int, int]:
+        low, high = ports
+        if low >= high:
+            raise ValueError(f"expected [low, high] with low < high, got {list(ports)}")
+        if low % 2:
+            raise ValueError("the range must start on an even port")
+        return ports
+
+    @field_validator("domain")
+    @classmethod
+    def _domain_pattern(cls, pattern: str) -> str:
+        return _check_host_pattern(pattern, ("project", "env"))
+
+    @field_validator("preview_domain")
+    @classmethod
+    def _preview_domain_pattern(cls, pattern: str) -> str:
+        _check_host_pattern(pattern, ("project", "env", "slot"))
+        if "{slot}" not in pattern:
+            raise ValueError("must contain {slot}")
+        return pattern
 
 
 def _default_environments() -> dict[str, EnvironmentConfig]:
     return {
-        "production": EnvironmentConfig((4100, 4499), "{project}.example.com",
-                                        "{slot}.{project}.preview.example.com"),
-        "staging": EnvironmentConfig((4500, 4999), "{project}.staging.example.com",
-                                     "{slot}.{project}.staging-preview.example.com"),
-        "preview": EnvironmentConfig((5000, 5499), "{project}.preview.example.com",
-                                     "{slot}.{project}.pr-preview.example.com"),
+        "production": EnvironmentConfig(ports=(4100, 4499), domain="{project}.example.com",
+                                        preview_domain="{slot}.{project}.preview.example.com"),
+        "staging": EnvironmentConfig(ports=(4500, 4999), domain="{project}.staging.example.com",
+                                     preview_domain="{slot}.{project}.staging-preview.example.com"),
+        "preview": EnvironmentConfig(ports=(5000, 5499), domain="{project}.preview.example.com",
+                                     preview_domain="{slot}.{project}.pr-preview.example.com"),
     }
 
 
-@dataclass(frozen=True)
-class DockerConfig:
-    endpoint: str = "unix:///var/run/docker.sock"
-    network_mode: str = "host"
-    bind_address: str = "127.0.0.1"
-    stop_timeout: int = 10
+class DockerConfig(_Section):
+    endpoint: DockerEndpoint = "unix:///var/run/docker.sock"
+    network_mode: Literal["host"] = "host"
+    """Slots bind loopback ports on the host; no other mode is supported."""
+    bind_address: Text = "127.0.0.1"
+    stop_timeout: Annotated[int, Field(ge=0)] = 10
     pull: bool = True
     """Pull the image before running it; false runs what the engine already has."""
-    registry_url: str | None = None
+    registry_url: HttpUrl | None = None
     """The private image registry's HTTP API (http://127.0.0.1:5000), for the image picker."""
 
 
-@dataclass(frozen=True)
-class CaddyConfig:
-    admin: str = "http://127.0.0.1:2019"
-    listen: str = "127.0.0.1:80"
-    url_scheme: str = "http"
-    config_dir: Path = Path("/opt/codeb/caddy")
-    keep_backups: int = 20
-    switch_mode: str = "file"
+class CaddyConfig(_Section):
+    admin: HttpUrl = "http://127.0.0.1:2019"
+    listen: ListenAddress = "127.0.0.1:80"
+    url_scheme: Literal["http", "https"] = "http"
+    config_dir: ConfigPath = Path("/opt/codeb/caddy")
+    keep_backups: Annotated[int, Field(ge=1)] = 20
+    switch_mode: Literal["file", "reload"] = "file"
     """How promote and rollback switch traffic. `file`: the config routes each production host to
     both slots, each route gated by a marker file in `switch_dir` that Caddy checks per request,
     so a switch is a rename and Caddy never reloads. `reload`: the config routes to the active
     slot only and every switch POSTs a new config (a reload: idle keep-alive connections and
     connections queued on the old listener are cut; see bench/switch.py)."""
-    switch_dir: Path | None = None
+    switch_dir: ConfigPath | None = None
     """Where the marker files live; Caddy must be able to read it. Default: config_dir/switch."""
     close_connections: bool = False
     """Answer with `Connection: close`, so that a reload finds no idle keep-alive connection to
@@ -80,45 +234,81 @@ class CaddyConfig:
         return self.switch_dir or self.config_dir / "switch"
 
 
-@dataclass(frozen=True)
-class HealthConfig:
-    path: str = "/health"
-    timeout: float = 60.0
-    interval: float = 0.25
-    request_timeout: float = 2.0
+class HealthConfig(_Section):
+    path: UrlPath = "/health"
+    timeout: Seconds = 60.0
+    interval: Seconds = 0.25
+    request_timeout: Seconds = 2.0
 
 
-@dataclass(frozen=True)
-class DatabaseConfig:
-    dsn: str | None = None
+class DatabaseConfig(_Section):
+    dsn: PostgresDsn | None = None
     """PostgreSQL DSN; when unset, the embedded SQLite database at `sqlite_path` is used."""
-    sqlite_path: Path = Path("/opt/codeb/codeb.sqlite3")
-    connect_timeout: float = 3.0
+    sqlite_path: ConfigPath = Path("/opt/codeb/codeb.sqlite3")
+    connect_timeout: Seconds = 3.0
 
 
-@dataclass(frozen=True)
-class ConsoleConfig:
-    theme: str = "codeb-dark"
+class ConsoleConfig(_Section):
+    theme: Text = "codeb-dark"
     """The console's theme: codeb-dark, codeb-light, codeb-high-contrast (or any Textual theme)."""
-    keymap: dict[str, str] = field(default_factory=dict)
+    keymap: dict[str, Text] = Field(default_factory=dict)
     """Binding id -> keys (comma-separated), e.g. {deploy: ctrl+d}; ids are on the help screen."""
-    poll_interval: float = 1.0
+    poll_interval: Seconds = 1.0
     """Seconds between live status polls (health of every slot with a container)."""
-    registry_watch_interval: float = 0.5
+    registry_watch_interval: Seconds = 0.5
     """Seconds between checks of the slot files for changes made by another process."""
 
 
-@dataclass(frozen=True)
-class Config:
-    registry: RegistryConfig = field(default_factory=RegistryConfig)
-    environments: dict[str, EnvironmentConfig] = field(default_factory=_default_environments)
-    docker: DockerConfig = field(default_factory=DockerConfig)
-    caddy: CaddyConfig = field(default_factory=CaddyConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    console: ConsoleConfig = field(default_factory=ConsoleConfig)
-    grace_hours: float = 48.0
-    source: Path | None = None
+class Config(_Section):
+    registry: RegistryConfig = RegistryConfig()
+    environments: dict[str, EnvironmentConfig] = Field(default_factory=_default_environments)
+    docker: DockerConfig = DockerConfig()
+    caddy: CaddyConfig = CaddyConfig()
+    health: HealthConfig = HealthConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    grace_hours: Annotated[float, Field(ge=0)] = 48.0
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        """The file this config was read from; None for built-in defaults or a dict."""
+        return self._source
+
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _merge_over_defaults(cls, given: Any) -> Any:
+        """Each environment, and each of its keys, may be left out: the defaults fill the gaps."""
+        if not isinstance(given, dict):
+            return given
+        merged: dict[str, Any] = {name: env.model_dump()
+                                  for name, env in _default_environments().items()}
+        for name, env in given.items():
+            if name not in merged:
+                raise _ErrorAt((str(name),), "unknown environment (production, staging, preview)")
+            merged[name] = {**merged[name], **env} if isinstance(env, dict) else env
+        return merged
+
+    @model_validator(mode="after")
+    def _environments_apart(self) -> Config:
+        """Two environments may share neither ports nor host names."""
+        ranges: list[tuple[str, tuple[int, int]]] = []
+        hosts: dict[str, str] = {}
+        for name, env in self.environments.items():
+            low, high = env.ports
+            for other, (other_low, other_high) in ranges:
+                if low <= other_high and other_low <= high:
+                    raise _ErrorAt(("environments", name, "ports"),
+                                   f"overlaps environments.{other}.ports")
+            ranges.append((name, env.ports))
+            for key in ("domain", "preview_domain"):
+                # {env} is filled in: "{project}.{env}.x" in two environments never collides.
+                pattern = getattr(env, key).replace("{env}", name)
+                if pattern in hosts:
+                    raise _ErrorAt(("environments", name, key),
+                                   f"same host names as {hosts[pattern]}")
+                hosts[pattern] = f"environments.{name}.{key}"
+        return self
 
     def env(self, environment: Environment) -> EnvironmentConfig:
         return self.environments[environment.value]
@@ -140,6 +330,10 @@ class Config:
         return f"{self.caddy.url_scheme}://{host}{suffix}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
 def default_config_path() -> Path:
     """Where the config lives when neither --config nor $CODEB_CONFIG says (the seam tests set)."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -148,163 +342,165 @@ def default_config_path() -> Path:
 
 def load_config(path: str | Path | None = None) -> Config:
     """--config, else $CODEB_CONFIG, else the user's config dir; a missing default file means
-    built-in defaults, a missing named file is an error."""
+    built-in defaults, a missing named file is an error. `CODEB_*` overrides apply over either."""
     explicit = path or os.environ.get("CODEB_CONFIG")
     candidate = Path(explicit) if explicit else default_config_path()
+    overrides = environment_overrides(os.environ)
     if not candidate.exists():
         if explicit:
             raise ConfigError(f"Config file not found: {candidate}")
-        return Config()
+        return _validate({}, None, None, overrides)
     try:
-        data = yaml.safe_load(candidate.read_text()) or {}
+        data = yaml.load(candidate.read_text(), Loader=UniqueKeyLoader)
     except (OSError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"{candidate}: cannot read config: {first}") from None
-    return parse_config(data, base_dir=candidate.parent, source=candidate)
+    except ConfigError as exc:
+        raise ConfigError(f"{candidate}: {exc}") from None
+    return _validate({} if data is None else data, candidate.parent, candidate, overrides)
 
 
 def parse_config(data: Any, base_dir: Path | None = None, source: Path | None = None) -> Config:
+    """A config from already-parsed data (no environment overrides); relative paths are
+    resolved against `base_dir`, else the working directory."""
+    return _validate(data, base_dir, source, {})
+
+
+Overrides = dict[tuple[str, ...], tuple[str, Any]]
+"""Config key path -> (environment variable, value)."""
+
+
+def environment_overrides(environ: Any) -> Overrides:
+    """`CODEB_SECTION__KEY=value` sets section.key (`CODEB_GRACE_HOURS` a top-level key); values
+    are YAML, so numbers, booleans and `[4100, 4499]` keep their type."""
+    overrides: Overrides = {}
+    for name, raw in sorted(environ.items()):
+        if (not name.startswith(OVERRIDE_PREFIX) or name in NOT_OVERRIDES
+                or name.startswith(NOT_OVERRIDE_PREFIXES)):
+            continue
+        key = tuple(name[len(OVERRIDE_PREFIX):].lower().split(OVERRIDE_DELIMITER))
+        if not all(key):
+            raise ConfigError(
+                f"{name}: expected CODEB_KEY or CODEB_SECTION__KEY naming a config key")
+        try:
+            value = yaml.load(raw, Loader=UniqueKeyLoader)
+        except yaml.YAMLError:
+            value = raw  # not YAML (e.g. starts with '@'): the text itself
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        overrides[key] = (name, value)
+    return overrides
+
+
+def _validate(data: Any, base_dir: Path | None, source: Path | None,
+              overrides: Overrides) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("config: expected a mapping at the top level")
-    envs = data.get("environments")
-    if envs is not None:
-        if not isinstance(envs, dict):
-            raise ConfigError("environments: expected a mapping")
-        defaults = _default_environments()
-        merged: dict[str, Any] = {}
-        for name, value in envs.items():
-            if name not in defaults:
-                raise ConfigError(
-                    f"environments.{name}: unknown environment (production, staging, preview)"
-                )
-            if not isinstance(value, dict):
-                raise ConfigError(f"environments.{name}: expected a mapping")
-            base = defaults[name]
-            merged[name] = {
-                "ports": list(base.ports), "domain": base.domain,
-                "preview_domain": base.preview_domain, **value,
-            }
-        data = {**data, "environments": {**{k: _env_dict(v) for k, v in defaults.items()},
-                                         **merged}}
-    config = _build(Config, {k: v for k, v in data.items()}, "", base_dir or Path.cwd())
-    config = _replace_source(config, source)
-    _check(config)
+    for key, (_, value) in overrides.items():
+        data = _with_value(data, key, value)
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, overrides)) from None
+    config._source = source
     return config
 
 
-def _env_dict(env: EnvironmentConfig) -> dict:
-    return {"ports": list(env.ports), "domain": env.domain, "preview_domain": env.preview_domain}
+def _with_value(data: dict, key: tuple[str, ...], value: Any) -> dict:
+    """A copy of `data` with the value at `key` set; the file's own dicts are left as they are."""
+    head, rest = key[0], key[1:]
+    if not rest:
+        return {**data, head: value}
+    inner = data.get(head)
+    if not isinstance(inner, dict):
+        inner = {}  # the variable says what this key holds, whatever the file had
+    return {**data, head: _with_value(inner, rest, value)}
 
 
-def _replace_source(config: Config, source: Path | None) -> Config:
-    from dataclasses import replace
-
-    return replace(config, source=source)
+# ---------------------------------------------------------------------------------------------
+# Errors
 
 
-def _build(cls: type, data: Any, prefix: str, base_dir: Path) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls) if f.name != "source"}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{prefix}{key}: unknown key")
-    values = {}
-    for name, f in known.items():
-        if name not in data:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise ConfigError(f"{prefix}{name}: required")
-            continue
-        values[name] = _coerce(hints[name], data[name], f"{prefix}{name}", base_dir)
-    return cls(**values)
+def _one_line(error: ValidationError, overrides: Overrides) -> str:
+    """The first problem as `dotted.key: reason`, naming the variable if an override set it."""
+    first = error.errors()[0]
+    exc = (first.get("ctx") or {}).get("error")
+    key = tuple(str(part) for part in first["loc"] if part != "[key]")
+    if isinstance(exc, _ErrorAt):
+        key += exc.path
+    line = f"{'.'.join(key) or 'config'}: {_reason(first)}"
+    for path, (variable, _) in overrides.items():
+        # At or below the overridden key, or above it: a key the variable named that does not
+        # exist, or a section it had to create.
+        shorter = min(len(path), len(key))
+        if shorter and path[:shorter] == key[:shorter]:
+            return f"{line} (set by {variable})"
+    return line
 
 
-def _coerce(hint: Any, value: Any, key: str, base_dir: Path) -> Any:
-    origin = typing.get_origin(hint)
-    if is_dataclass(hint):
-        return _build(hint, value, key + ".", base_dir)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(args[0], value, key, base_dir)
-    if origin is dict:
-        _, value_type = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping")
-        return {k: _coerce(value_type, v, f"{key}.{k}", base_dir) for k, v in value.items()}
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values")
-        return tuple(_coerce(a, v, f"{key}[{i}]", base_dir) for i, (a, v) in enumerate(zip(args, value)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
-        return value
-    if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a path, got {value!r}")
-        path = Path(os.path.expanduser(value))
-        return path if path.is_absolute() else (base_dir / path).resolve()
-    raise ConfigError(f"{key}: unsupported setting")  # pragma: no cover - a schema bug
+def _reason(error: Any) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    got = f", got {_shown(error.get('input'))}"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx["error"])
+    reasons = {
+        "extra_forbidden": "unknown key",
+        "missing": "required",
+        "bool_type": "expected true or false" + got,
+        "int_type": "expected an integer" + got,
+        "float_type": "expected a number" + got,
+        "finite_number": "expected a finite number" + got,
+        "string_type": "expected a string" + got,
+        "string_too_short": "expected a non-empty string",
+        "dict_type": "expected a mapping" + got,
+        "model_type": "expected a mapping" + got,
+        "tuple_type": "expected a list [low, high]" + got,
+        "too_short": "expected a list [low, high]" + got,
+        "too_long": "expected a list [low, high]" + got,
+        "literal_error": f"expected {ctx.get('expected')}" + got,
+        "greater_than": f"must be greater than {ctx.get('gt', 0):g}",
+        "greater_than_equal": f"must be {ctx.get('ge', 0):g} or more",
+        "less_than_equal": f"must be {ctx.get('le', 0):g} or less",
+    }
+    if kind in reasons:
+        return reasons[kind]
+    message = " ".join(error["msg"].split())
+    return message[:1].lower() + message[1:]
 
 
-def _check(config: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    ranges = []
-    for name, env in config.environments.items():
-        low, high = env.ports
-        if not (1024 <= low < high <= 65535):
-            raise ConfigError(f"environments.{name}.ports: expected 1024 <= low < high <= 65535")
-        if low % 2:
-            raise ConfigError(f"environments.{name}.ports: the range must start on an even port")
-        for other, (olow, ohigh) in ranges:
-            if low <= ohigh and olow <= high:
-                raise ConfigError(f"environments.{name}.ports: overlaps environments.{other}.ports")
-        ranges.append((name, (low, high)))
-        for key in ("domain", "preview_domain"):
-            pattern = getattr(env, key)
-            try:
-                pattern.format(project="p", env="e", slot="s")
-            except (KeyError, IndexError, ValueError):
-                raise ConfigError(
-                    f"environments.{name}.{key}: only {{project}}, {{env}} and {{slot}} may be used"
-                ) from None
-            if "{project}" not in pattern:
-                raise ConfigError(f"environments.{name}.{key}: must contain {{project}}")
-        if "{slot}" not in env.preview_domain:
-            raise ConfigError(f"environments.{name}.preview_domain: must contain {{slot}}")
-    if config.caddy.switch_mode not in ("file", "reload"):
-        raise ConfigError("caddy.switch_mode: expected file or reload")
-    if config.caddy.url_scheme not in ("http", "https"):
-        raise ConfigError("caddy.url_scheme: expected http or https")
-    if ":" not in config.caddy.listen:
-        raise ConfigError("caddy.listen: expected host:port")
-    if config.docker.network_mode != "host":
-        raise ConfigError("docker.network_mode: only 'host' is supported (slots bind loopback ports)")
-    if not config.health.path.startswith("/"):
-        raise ConfigError("health.path: must start with '/'")
-    for key in ("timeout", "interval", "request_timeout"):
-        if getattr(config.health, key) <= 0:
-            raise ConfigError(f"health.{key}: must be greater than 0")
-    for key in ("poll_interval", "registry_watch_interval"):
-        if getattr(config.console, key) <= 0:
-            raise ConfigError(f"console.{key}: must be greater than 0")
-    if config.grace_hours < 0:
-        raise ConfigError("grace_hours: must be 0 or more")
-    if config.database.dsn and not config.database.dsn.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("database.dsn: expected a postgresql:// DSN")
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one,
+    so the first would be silently ignored)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_duplicate_keys(node, (), set())
+        return super().construct_document(node)
+
+
+def _refuse_duplicate_keys(node: yaml.Node, key: tuple[str, ...], visited: set[int]) -> None:
+    if id(node) in visited:  # aliases may repeat a node, or make a cycle
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, (*key, str(index)), visited)
+    elif isinstance(node, yaml.MappingNode):
+        seen: set[tuple[str, str]] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden
+                continue
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            if (key_node.tag, name) in seen:
+                raise ConfigError(f"{'.'.join((*key, name))}: duplicate key "
+                                  f"on line {key_node.start_mark.line + 1}")
+            seen.add((key_node.tag, name))
+            _refuse_duplicate_keys(value_node, (*key, name), visited)
