@@ -32,7 +32,9 @@ import yaml
 
 from bench.switch import ADMIN_PORT, HTTP_PORT, must, start_caddy
 from codeb_tui.domain.config import parse_config
-from codeb_tui.engine.facade import Engine
+from codeb_tui.engine.facade import Engine, local_principal
+
+LOCAL = local_principal()
 
 REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")
 IMAGE = f"{REGISTRY}/demo/app:v1"
@@ -86,16 +88,16 @@ async def main() -> None:
     raw, codeb, fresh, cli = [], [], [], []
     try:
         live = f"{tag}-live"
-        await must(engine.deploy(live, IMAGE))  # warms the store, the image and Caddy too
-        await must(engine.promote(live))
+        await must(engine.deploy(LOCAL, live, IMAGE))  # warms the store, the image and Caddy too
+        await must(engine.promote(LOCAL, live))
         for i in range(args.rounds):
             raw.append(await asyncio.to_thread(raw_deploy, client, f"{tag}-raw-{i}", 4490 - 2 * i))
             started = time.perf_counter()
-            await must(engine.deploy(live, IMAGE))
+            await must(engine.deploy(LOCAL, live, IMAGE))
             codeb.append(time.perf_counter() - started)
-            await must(engine.cleanup(live, force=True, slot="green"))  # empty again, untimed
+            await must(engine.cleanup(LOCAL, live, force=True, slot="green"))  # empty again, untimed
             started = time.perf_counter()
-            await must(engine.deploy(f"{tag}-{i}", IMAGE))
+            await must(engine.deploy(LOCAL, f"{tag}-{i}", IMAGE))
             fresh.append(time.perf_counter() - started)
             started = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "codeb_tui.cli", "deploy", f"{tag}-cli-{i}",

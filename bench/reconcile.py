@@ -30,9 +30,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from codeb_tui.domain.config import parse_config
-from codeb_tui.engine.facade import Engine, slot_rows
+from codeb_tui.engine.audit import slot_rows
+from codeb_tui.engine.facade import Engine, local_principal
+
+LOCAL = local_principal()
 from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState, utcnow
-from codeb_tui.engine.reconcile import reconcile
 from codeb_tui.registry.files import Ssot, slot_file_json
 
 TARGET_S = 2.0
@@ -107,7 +109,7 @@ async def timed(engine: Engine, runs: int, **kwargs) -> tuple[float, list[float]
     times, report = [], None
     for _ in range(runs):
         started = time.perf_counter()
-        report = await reconcile(engine, **kwargs)
+        report = await engine.reconcile(LOCAL, **kwargs)
         times.append(time.perf_counter() - started)
     return statistics.median(times), times, report
 
@@ -128,12 +130,12 @@ async def bench_backend(label: str, tmp: Path, pairs, args, dsn: str | None) -> 
     try:
         print(f"{label}: {len(pairs)} slot files, {2 * len(pairs)} slots")
         started = time.perf_counter()
-        report = await reconcile(engine, repair=True, live=False)
+        report = await engine.reconcile(LOCAL, repair=True, live=False)
         line("repair-empty", time.perf_counter() - started, report)
         median, times, report = await timed(engine, args.runs, live=False)
         line("in-sync", median, report, times)
         # 1% of the rows edited by hand: the image of every 100th project's blue slot.
-        store = await engine.store()
+        store = await engine.context.history.store()
         edited = [replace(slot_rows(p)[0], image="edited:by-hand") for p in pairs[::100]]
         await store.sync_slot_rows(edited, [])
         median, times, report = await timed(engine, args.runs, live=False)

@@ -32,7 +32,9 @@ import httpx
 from bench.loadgen import LoadProcess, Sample, failures, rate, stale_answers
 from codeb_tui.domain.config import parse_config
 from codeb_tui.domain import events
-from codeb_tui.engine.facade import Engine
+from codeb_tui.engine.facade import Engine, local_principal
+
+LOCAL = local_principal()
 
 ADMIN_PORT, HTTP_PORT = 2219, 18180
 REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")
@@ -91,7 +93,7 @@ def pct(values: list[float], q: float) -> float:
 async def measure(root: Path, project: str, mode: str, switches: int, concurrency: int) -> dict:
     engine = make_engine(root, mode)
     try:
-        await engine.apply_proxy()
+        await engine.apply_proxy(LOCAL)
         host = f"{project}.example.com"
         load = LoadProcess(HTTP_PORT, host, concurrency=concurrency, deadline_s=30 + switches * 3)
         load.start()
@@ -99,7 +101,7 @@ async def measure(root: Path, project: str, mode: str, switches: int, concurrenc
         windows = []  # (start, end, slot now active)
         for _ in range(switches):
             t0 = time.monotonic()
-            done = await must(engine.rollback(project))
+            done = await must(engine.rollback(LOCAL, project))
             windows.append((t0, time.monotonic(), done.result["slot"]))
             await asyncio.sleep(0.4)
         samples: list[Sample] = await asyncio.to_thread(load.stop)

@@ -1,4 +1,4 @@
-"""Fixtures over the real services that `scripts/services.sh up` starts (design.md).
+"""Fixtures over the real services that `scripts/services.sh up` starts (loopback only).
 
 Docker and the image registry are shared; each test session runs its own Caddy (admin and
 listener on loopback ports of its own) so tests never disturb the demo's proxy. Every test gets
@@ -7,6 +7,8 @@ its own registry root, SQLite file and project-name prefix, and its containers a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -24,11 +26,15 @@ import yaml
 
 from codeb_tui.domain.config import Config, parse_config
 from codeb_tui.domain import events
-from codeb_tui.engine.facade import Engine
+from codeb_tui.engine.facade import Engine, local_principal
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")
 IMAGE = f"{REGISTRY}/demo/app"
+
+
+LOCAL = local_principal()
+"""The operator at this machine's shell: every test's principal unless it tests access."""
 
 
 def free_ports(count: int) -> list[int]:
@@ -246,3 +252,124 @@ async def store(make_store):
     await s.connect()
     await s.migrate()
     return s
+
+
+# --- another codeb process holding locks, and the event loop's worst stall --------------------
+
+HOLD_LOCKS = """
+import asyncio, sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from codeb_tui.registry.locks import file_lock
+
+async def hold(root, seconds, names):
+    async with AsyncExitStack() as stack:
+        for name in names:
+            await stack.enter_async_context(file_lock(
+                Path(root) / "locks" / f"{name}.lock", f"deploy by a colleague ({name})", name,
+                actor="colleague"))
+        print("held", flush=True)
+        await asyncio.sleep(seconds)
+
+asyncio.run(hold(sys.argv[1], float(sys.argv[2]), sys.argv[3:]))
+"""
+
+
+@contextlib.contextmanager
+def locks_held_elsewhere(registry_root: Path, seconds: float, *names: str):
+    """Another process holds these registry locks (e.g. "shop-prod", "proxy") for `seconds`."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCKS, str(registry_root), str(seconds),
+                             *names], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+class LoopStalls:
+    """Ticks every 5 ms on the running loop and keeps the longest gap between ticks: how long
+    the event loop was blocked at worst."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def _tick(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            self.worst = max(self.worst, now - last - 0.005)
+            last = now
+
+    def __enter__(self) -> "LoopStalls":
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+class TcpGate:
+    """A loopback TCP forwarder to a real server that a test can close (an outage: connections
+    cut, new ones refused) and open again on the same port."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.port = free_ports(1)[0]
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+@pytest.fixture
+async def fresh_pg_database():
+    """A database of this test's own on the local PostgreSQL, dropped afterwards."""
+    import asyncpg
+
+    name = f"codeb_t_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(STORE_PG_DSN, timeout=5)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield STORE_PG_DSN.rsplit("/", 1)[0] + "/" + name
+    admin = await asyncpg.connect(STORE_PG_DSN, timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

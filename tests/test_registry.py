@@ -1,6 +1,7 @@
 """The file registry on a real filesystem, and its locks across real processes."""
 
 import json
+import asyncio
 import multiprocessing
 
 import pytest
@@ -73,13 +74,15 @@ def test_corrupt_ssot_is_named(tmp_path):
 
 
 def _hold_lock(root, ready, release):
-    reg = FileRegistry(root)
-    with reg.project_lock("shop", PROD, "deploy"):
-        ready.set()
-        release.wait(10)
+    async def hold():
+        async with FileRegistry(root).project_lock("shop", PROD, "deploy"):
+            ready.set()
+            await asyncio.to_thread(release.wait, 10)
+
+    asyncio.run(hold())
 
 
-def test_lock_refuses_another_process_naming_the_holder(tmp_path):
+async def test_lock_refuses_another_process_naming_the_holder(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
     proc = ctx.Process(target=_hold_lock, args=(tmp_path, ready, release))
@@ -87,7 +90,7 @@ def test_lock_refuses_another_process_naming_the_holder(tmp_path):
     try:
         assert ready.wait(10)
         with pytest.raises(LockHeld) as info:
-            with FileRegistry(tmp_path).project_lock("shop", PROD, "promote"):
+            async with FileRegistry(tmp_path).project_lock("shop", PROD, "promote"):
                 pass
         message = str(info.value)
         assert f"pid {proc.pid}" in message and "deploy shop (production)" in message and "since" in message
@@ -95,11 +98,11 @@ def test_lock_refuses_another_process_naming_the_holder(tmp_path):
         release.set()
         proc.join(10)
     # Released with the holder: the lock can be taken again at once.
-    with FileRegistry(tmp_path).project_lock("shop", PROD, "promote"):
+    async with FileRegistry(tmp_path).project_lock("shop", PROD, "promote"):
         pass
 
 
-def test_lock_of_a_killed_holder_is_free(tmp_path):
+async def test_lock_of_a_killed_holder_is_free(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
     proc = ctx.Process(target=_hold_lock, args=(tmp_path, ready, release))
@@ -107,7 +110,7 @@ def test_lock_of_a_killed_holder_is_free(tmp_path):
     assert ready.wait(10)
     proc.kill()
     proc.join(10)
-    with FileRegistry(tmp_path).project_lock("shop", PROD, "deploy"):
+    async with FileRegistry(tmp_path).project_lock("shop", PROD, "deploy"):
         pass
 
 

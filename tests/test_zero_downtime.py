@@ -8,7 +8,7 @@ import asyncio
 import time
 
 from bench.loadgen import LoadProcess, failures, rate, stale_answers
-from conftest import CADDY_HTTP_PORT, collect, image, terminal
+from conftest import LOCAL, CADDY_HTTP_PORT, collect, image, terminal
 
 from codeb_tui.domain import events
 
@@ -22,16 +22,16 @@ async def switch(stream) -> tuple[float, float, str]:
 
 async def test_promote_and_rollback_drop_no_request(engine, prefix):
     project = f"{prefix}-zd"
-    for stream in (engine.deploy(project, image("v1")), engine.promote(project),
-                   engine.deploy(project, image("v2"))):
+    for stream in (engine.deploy(LOCAL, project, image("v1")), engine.promote(LOCAL, project),
+                   engine.deploy(LOCAL, project, image("v2"))):
         assert isinstance(terminal(await collect(stream)), events.Finished)
 
     load = LoadProcess(CADDY_HTTP_PORT, f"{project}.prod.test", concurrency=8, deadline_s=60)
     load.start()
     await asyncio.sleep(2.0)  # the client process is up and a baseline flows
-    windows = [await switch(engine.promote(project))]
+    windows = [await switch(engine.promote(LOCAL, project))]
     await asyncio.sleep(0.5)
-    windows.append(await switch(engine.rollback(project)))
+    windows.append(await switch(engine.rollback(LOCAL, project)))
     await asyncio.sleep(0.5)
     samples = await asyncio.to_thread(load.stop)
 

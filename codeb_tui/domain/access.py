@@ -18,6 +18,7 @@ import re
 import secrets
 import string
 from dataclasses import dataclass, field
+from enum import StrEnum
 from datetime import datetime
 
 from codeb_tui.domain.errors import AccessDenied, BadInput
@@ -30,6 +31,7 @@ __all__ = [
     "AccessDenied",
     "NewApiKey",
     "Principal",
+    "PrincipalKind",
     "allowed_environments",
     "generate_api_key",
     "hash_api_key",
@@ -99,15 +101,57 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
 }
 
 
+class PrincipalKind(StrEnum):
+    LOCAL = "local"
+    """The operator at a shell on the deploy host: may do everything (the Docker socket is
+    theirs anyway)."""
+    API_KEY = "apikey"
+    """A caller with an API key: its team and role come from the database, checked each time."""
+    OPERATOR = "operator"
+    """An operator the console's SSH server let in by public key, with the role config gives."""
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who an accepted API key speaks for."""
+    """Who is asking. Every front end builds one and hands it to every engine call; the engine
+    facade is the one place that checks it (`codeb_tui.engine.access.admit`)."""
 
-    team: str
-    role: str
-    prefix: str  # the key's 8-character prefix (without "cb_")
+    kind: PrincipalKind
+    name: str
+    """The OS user, the SSH operator's name, or for a key its label `cb_<prefix>`."""
+    team: str | None = None
+    role: str | None = None
+    """None for the local operator (every right) and for an API key not yet looked up."""
+    prefix: str = ""
+    """An API key's 8-character prefix (without "cb_")."""
     key_name: str = ""
     key_id: int | None = None
+    api_key: str | None = field(default=None, repr=False, compare=False)
+    """The key as given, to be verified; never shown, never logged."""
+
+    @classmethod
+    def local(cls, user: str) -> Principal:
+        return cls(PrincipalKind.LOCAL, user)
+
+    @classmethod
+    def with_api_key(cls, key: str) -> Principal:
+        """A caller presenting `key` (checked by the engine on every call, refused if empty or
+        malformed)."""
+        m = _PREFIX_ARG_RE.match(key.strip()) if key else None
+        prefix = m.group(1) if m else ""
+        return cls(PrincipalKind.API_KEY, f"{KEY_PREFIX}{prefix}" if prefix else "apikey",
+                   prefix=prefix, api_key=key)
+
+    @classmethod
+    def from_key_row(cls, row_team: str, row_role: str, prefix: str, key_name: str = "",
+                     key_id: int | None = None) -> Principal:
+        """A verified key's principal."""
+        return cls(PrincipalKind.API_KEY, f"{KEY_PREFIX}{prefix}", team=row_team, role=row_role,
+                   prefix=prefix, key_name=key_name, key_id=key_id)
+
+    @classmethod
+    def operator(cls, name: str, team: str | None, role: str) -> Principal:
+        return cls(PrincipalKind.OPERATOR, name, team=team, role=validate_role(role))
 
     @property
     def key_label(self) -> str:
@@ -115,8 +159,20 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        """For audit rows: `apikey:cb_<prefix>` (the team goes in the row's team column)."""
-        return f"apikey:{self.key_label}"
+        """For audit rows and lock holders: the OS user, `apikey:cb_<prefix>` or
+        `ssh:<operator>` (the team goes in the row's team column)."""
+        if self.kind is PrincipalKind.API_KEY:
+            return f"apikey:{self.key_label}" if self.prefix else "apikey:?"
+        if self.kind is PrincipalKind.OPERATOR:
+            return f"ssh:{self.name}"
+        return self.name
+
+    def may(self, action: str, environment: str | None = None) -> bool:
+        """Whether this principal's role allows `action` (the local operator may do all).
+        For the console to offer or hide actions; the facade still checks every call."""
+        if self.kind is PrincipalKind.LOCAL:
+            return True
+        return self.role is not None and is_allowed(self.role, action, environment)
 
 
 @dataclass(frozen=True)
@@ -157,7 +213,7 @@ def validate_role(role: str) -> str:
 
 
 def validate_team_name(name: str) -> str:
-    if not isinstance(name, str) or not TEAM_NAME_RE.match(name):
+    if not isinstance(name, str) or not TEAM_NAME_RE.fullmatch(name):
         raise BadInput(f"invalid team name {name!r}: lower-case letters, digits and '-', "
                        "1-40 characters, starting and ending with a letter or digit")
     return name
@@ -196,7 +252,8 @@ def is_allowed(role: str, action: str, environment: str | None = None) -> bool:
 def _refusal(principal: Principal, action: str, environment: str | None) -> str:
     allowed = allowed_environments(principal.role, action)
     needed = _environments(environment)
-    who = f"(key {principal.key_label}, team {principal.team})"
+    who = (f"(key {principal.key_label}, team {principal.team})"
+           if principal.kind is PrincipalKind.API_KEY else f"({principal.actor}, team {principal.team})")
     if allowed:
         where = "every environment" if needed == _EVERY else f"{sorted(needed)[0]}"
         return (f"Access Denied: role {principal.role} may not {action} in {where}, only in "

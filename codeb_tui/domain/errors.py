@@ -1,4 +1,5 @@
-"""Errors that cross the core's boundary. Each carries the exit code the CLI uses (design.md)."""
+"""Errors that cross the core's boundary. Each carries the exit code the CLI uses: 0 done, 1 failed,
+2 bad input or refused (README, "Exit codes")."""
 
 from __future__ import annotations
 

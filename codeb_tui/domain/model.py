@@ -30,7 +30,7 @@ class Environment(StrEnum):
 
     @property
     def suffix(self) -> str:
-        """The short form used in file and container names (seed section 5)."""
+        """The short form used in file and container names (`shop-prod.json`, `codeb-shop-prod-blue`)."""
         return ENV_SUFFIX[self]
 
     @classmethod
@@ -69,8 +69,10 @@ class SlotState(StrEnum):
     GRACE = "grace"
 
 
+# fullmatch, not match: `$` also matches before a trailing newline, and a name with a newline
+# would become a file name, a container name and a shell word.
 def validate_project_name(name: str) -> str:
-    if not isinstance(name, str) or not PROJECT_NAME_RE.match(name):
+    if not isinstance(name, str) or not PROJECT_NAME_RE.fullmatch(name):
         shown = name if len(str(name)) <= 48 else str(name)[:45] + "..."
         raise BadInput(
             f"Invalid project name {shown!r}: use 1-40 characters a-z, 0-9 and '-', "
@@ -80,7 +82,7 @@ def validate_project_name(name: str) -> str:
 
 
 def validate_image_ref(ref: str) -> str:
-    if not isinstance(ref, str) or len(ref) > 255 or not IMAGE_REF_RE.match(ref):
+    if not isinstance(ref, str) or len(ref) > 255 or not IMAGE_REF_RE.fullmatch(ref):
         raise BadInput(
             f"Invalid image reference {ref!r}: expected [registry/]name[:tag] "
             "without spaces or shell characters"

@@ -1,4 +1,4 @@
-"""Port pairs: blue on an even port, green on the next odd one (seed section 5)."""
+"""Port pairs: blue on an even port, green on the next odd one."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from codeb_tui.domain.errors import PortRangeFull
 
 @dataclass(frozen=True)
 class PortSources:
-    """Every port known to be taken, by where it was seen (seed 5.3: all sources combined)."""
+    """Every port known to be taken, by where it was seen (all sources combined)."""
 
     registry: frozenset[int]  # ssot.json
     containers: frozenset[int]  # ports of codeb containers, running or stopped

@@ -1,11 +1,12 @@
 """Who may do what, checked against the database's API keys (docs/access.md).
 
-The facade calls `authorize` for every operation; nothing else does.
+The facade calls `admit` for every call a front end makes; nothing else checks access.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from codeb_tui.domain.access import (
@@ -13,6 +14,7 @@ from codeb_tui.domain.access import (
     KEY_RE,
     PERMISSIONS,
     Principal,
+    PrincipalKind,
     _environments,
     _refusal,
     hash_api_key,
@@ -35,7 +37,7 @@ async def authorize(store: Store | None, api_key: str | None, action: str,
     key = (api_key or "").strip()
     if not key:
         raise AccessDenied("Access Denied: an API key is required (--api-key or $CODEB_API_KEY)")
-    m = KEY_RE.match(key)
+    m = KEY_RE.fullmatch(key)
     if m is None:
         raise AccessDenied("Access Denied: malformed API key (expected cb_<8 characters>_<32 "
                            "characters>)")
@@ -54,8 +56,8 @@ async def authorize(store: Store | None, api_key: str | None, action: str,
     if row.revoked_at is not None:
         raise AccessDenied(f"Access Denied: API key {KEY_PREFIX}{prefix} (team {row.team}) was "
                            f"revoked at {_when(row.revoked_at)}")
-    principal = Principal(team=row.team, role=row.role, prefix=row.prefix, key_name=row.name,
-                          key_id=row.id)
+    principal = Principal.from_key_row(row.team, row.role, row.prefix, key_name=row.name,
+                                       key_id=row.id)
     if not is_allowed(principal.role, action, environment):
         raise AccessDenied(_refusal(principal, action, environment), principal=principal)
     return principal
@@ -65,3 +67,25 @@ def _when(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+
+
+async def admit(principal: Principal, action: str, environment: str | None,
+                store: Callable[[], Awaitable[Store]]) -> Principal:
+    """The principal as checked for `action` in `environment` (None: every environment).
+
+    The local operator may do everything; an SSH operator's role is checked against the
+    matrix; an API key is looked up in the database (`store` connects on demand). Raises
+    AccessDenied; a denial of a known principal carries it, so the audit row names its team."""
+    if principal.kind is PrincipalKind.LOCAL:
+        return principal
+    if principal.kind is PrincipalKind.OPERATOR:
+        if action not in PERMISSIONS:
+            raise AccessDenied(f"Access Denied: unknown action {action!r}")
+        if principal.role is None or not is_allowed(principal.role, action, environment):
+            raise AccessDenied(_refusal(principal, action, environment), principal=principal)
+        return principal
+    try:
+        connected = await store()
+    except StoreError as exc:
+        raise AccessDenied(f"Access Denied: cannot verify the API key: {exc}") from None
+    return await authorize(connected, principal.api_key, action, environment)

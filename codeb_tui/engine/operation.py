@@ -44,6 +44,8 @@ class OperationRun:
     team: str | None = None
     touched: bool = False
     """Whether the body got past validation (a refused bad input leaves no trace anywhere)."""
+    written: list[Any] = field(default_factory=list)
+    """The slot files (ProjectSlots) the body wrote, for the database rows after it."""
     _t0: float = field(default_factory=time.perf_counter)
 
     def _common(self) -> dict[str, Any]:

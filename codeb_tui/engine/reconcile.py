@@ -1,4 +1,4 @@
-"""Reconciliation: the slot files against the database and against the world (design.md).
+"""Reconciliation: the slot files against the database and against the world (docs/architecture.md).
 
 The slot files are the truth. `reconcile()` reads them once, reads the database with one query,
 lists codeb's containers with one Docker call, reads Caddy's live config once and the port
@@ -27,17 +27,19 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from codeb_tui.engine.facade import Engine, slot_rows
+from codeb_tui.engine import port_book, proxy_switch
+from codeb_tui.engine.audit import slot_rows
+from codeb_tui.engine.context import Context
 from codeb_tui.domain.errors import CodebError, RegistryCorrupt
 from codeb_tui.domain.model import Environment, ProjectSlots, SlotState
 from codeb_tui.domain.proxy import live_routes
+from codeb_tui.domain.status import PortConflictKind, PortsReport
 from codeb_tui.infra.docker_engine import (
     LABEL_ENVIRONMENT,
     LABEL_PROJECT,
     LABEL_SLOT,
     ContainerInfo,
 )
-from codeb_tui.registry.locks import is_locked
 from codeb_tui.store.base import AuditRecord, SlotRow, StoreError
 
 # SlotRow fields compared between a file and the database, in SlotRow's order.
@@ -59,6 +61,7 @@ class DriftKind(StrEnum):
     DOCKER_UNREACHABLE = "docker_unreachable"
     PROXY_UNREACHABLE = "proxy_unreachable"
     CORRUPT_FILE = "corrupt_file"
+    HISTORY_NOT_REPLAYED = "history_not_replayed"
 
 
 @dataclass
@@ -162,11 +165,11 @@ def _scope(patterns: Sequence[str] | None) -> Callable[[str | None], bool]:
 _PROJECT_RE = r"(?P<project>[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?)"
 
 
-def _host_patterns(engine: Engine) -> list[tuple[re.Pattern[str], str]]:
+def _host_patterns(ctx: Context) -> list[tuple[re.Pattern[str], str]]:
     """(regex, environment): recover the project from a host name of the configured domains."""
     patterns = []
     for env in Environment:
-        env_config = engine.config.env(env)
+        env_config = ctx.config.env(env)
         for template in (env_config.domain, env_config.preview_domain):
             host = urlsplit(f"http://{template}").hostname or template
             regex = re.escape(host)
@@ -228,12 +231,12 @@ def _parse_live_routes(config: dict[str, Any] | None) -> list[LiveRoute]:
     return found
 
 
-async def _live_proxy(engine: Engine) -> dict[str, tuple[int | None, str | None]]:
+async def _live_proxy(ctx: Context) -> dict[str, tuple[int | None, str | None]]:
     """host -> (port, route @id) as traffic flows right now: Caddy's live config, each route
     gated by a `file` matcher taken only if its marker file exists (switch_mode file)."""
-    routes = _parse_live_routes(await engine.host.caddy.current())
+    routes = _parse_live_routes(await ctx.host.caddy.current())
     roots = sorted({r.marker[0] for r in routes if r.marker is not None})
-    listed = await asyncio.gather(*[engine.host.list_files(Path(root)) for root in roots])
+    listed = await asyncio.gather(*[ctx.host.list_files(Path(root)) for root in roots])
     present = dict(zip(roots, listed))
     live: dict[str, tuple[int | None, str | None]] = {}
     for route in routes:
@@ -246,9 +249,9 @@ async def _live_proxy(engine: Engine) -> dict[str, tuple[int | None, str | None]
     return live
 
 
-def _expected_proxy(engine: Engine, all_pairs: list[ProjectSlots]) -> dict[str, tuple[int, str]]:
+def _expected_proxy(ctx: Context, all_pairs: list[ProjectSlots]) -> dict[str, tuple[int, str]]:
     """host -> (port, tag) as traffic should flow for the files, in either switch mode."""
-    return live_routes(engine.config, all_pairs)
+    return live_routes(ctx.config, all_pairs)
 
 
 async def _guard(coro) -> tuple[Any, BaseException | None]:
@@ -259,21 +262,16 @@ async def _guard(coro) -> tuple[Any, BaseException | None]:
         return None, exc
 
 
-async def _database_rows(engine: Engine) -> tuple[Any, list[SlotRow]]:
-    store = await engine.store()
+async def _database_rows(ctx: Context) -> tuple[Any, list[SlotRow]]:
+    store = await ctx.history.store()
     try:
         return store, await store.list_slots()
     except StoreError:
-        # Same as the engine's own epilogue: drop the connection so the next use reconnects.
-        engine._store = None  # noqa: SLF001
-        try:
-            await store.close()
-        except StoreError:
-            pass
+        await ctx.history.forget()  # the next use reconnects
         raise
 
 
-async def reconcile(engine: Engine, repair: bool = False, prune: bool = False,
+async def reconcile(ctx: Context, actor: str, repair: bool = False, prune: bool = False,
                     projects: Sequence[str] | None = None, live: bool = True) -> ReconcileReport:
     """Compare the slot files with the database, codeb's containers, Caddy's live config and
     the ports listening on the host; with `repair`, fix the database and the proxy; with
@@ -282,16 +280,16 @@ async def reconcile(engine: Engine, repair: bool = False, prune: bool = False,
     started = time.perf_counter()
     report = ReconcileReport(repair=repair, prune=prune)
     in_scope = _scope(projects)
-    registry = engine.registry
+    registry = ctx.registry
     lap = time.perf_counter()
 
     # 1. The database, Docker, Caddy and the port report are fetched all at once while the
     # files are read (once, in a worker thread: the console keeps drawing meanwhile).
-    waits: list[Any] = [_guard(_database_rows(engine))]
+    waits: list[Any] = [_guard(_database_rows(ctx))]
     if live:
-        waits += [_guard(engine.host.docker.list_slot_containers()),
-                  _guard(_live_proxy(engine)),
-                  _guard(engine.ports_report())]
+        waits += [_guard(ctx.host.docker.list_slot_containers()),
+                  _guard(_live_proxy(ctx)),
+                  _guard(port_book.ports_report(ctx))]
     fetching = asyncio.gather(*waits)
     try:
         all_pairs, corrupt_files = await asyncio.to_thread(_read_files, registry)
@@ -325,7 +323,7 @@ async def reconcile(engine: Engine, repair: bool = False, prune: bool = False,
     db_drift: dict[SlotKey, list[Drift]] = {}
     (db_result, db_error) = results[0]
     if db_error is not None:
-        report.database = _describe_store(engine)
+        report.database = ctx.history.description
         report.drift.append(Drift(
             DriftKind.DATABASE_UNREACHABLE, None, None, None,
             f"The database is unreachable ({db_error}); the files were not compared with it. "
@@ -365,37 +363,52 @@ async def reconcile(engine: Engine, repair: bool = False, prune: bool = False,
         for key in sorted(db_drift):
             report.drift.extend(db_drift[key])
 
+    # History kept in the journal while the database was down (replayed on every new
+    # connection; a repair tries once more).
+    pending = await ctx.history.pending()
+    if pending:
+        drift = Drift(
+            DriftKind.HISTORY_NOT_REPLAYED, None, None, None,
+            f"{pending} operation(s) of history kept in the journal during a database outage "
+            "are not in the database yet", fixable=store is not None)
+        report.drift.append(drift)
+        if repair and store is not None:
+            replayed = await ctx.history.replay()
+            if replayed is not None and replayed.error:
+                report.errors.append(f"replaying the history journal failed: {replayed.error}")
+            drift.fixed = await ctx.history.pending() == 0
+
     # 4. Containers, proxy and ports.
     if live:
-        _check_containers(engine, report, all_pairs, pairs, in_scope, corrupt, *results[1])
-        _check_proxy(engine, report, all_pairs, in_scope, corrupt, *results[2])
-        _check_ports(engine, report, all_pairs, in_scope, *results[3])
+        _check_containers(ctx, report, all_pairs, pairs, in_scope, corrupt, *results[1])
+        _check_proxy(ctx, report, all_pairs, in_scope, corrupt, *results[2])
+        _check_ports(ctx, report, all_pairs, in_scope, *results[3])
     report.timings_ms["compare"] = (time.perf_counter() - lap) * 1000
 
     # 5. Repairs.
     if repair or prune:
         lap = time.perf_counter()
         if repair and store is not None and db_drift:
-            await _repair_database(engine, report, store, db_drift)
+            await _repair_database(ctx, report, store, db_drift)
         if repair:
             proxy = [d for d in report.of_kind(DriftKind.PROXY_DRIFT) if d.fixable]
             if proxy:
                 try:
-                    await engine.apply_proxy()
+                    await proxy_switch.apply_proxy(ctx, actor)
                     for d in proxy:
                         d.fixed = True
                 except CodebError as exc:
                     report.errors.append(f"re-applying the proxy config failed: {exc}")
         if prune:
-            await _prune(engine, report)
+            await _prune(ctx, actor, report)
         report.timings_ms["repair"] = (time.perf_counter() - lap) * 1000
     report.elapsed_ms = (time.perf_counter() - started) * 1000
     if (repair or prune) and store is not None:
-        await _audit(engine, report, store)
+        await _audit(actor, report, store)
     return report
 
 
-async def _audit(engine: Engine, report: ReconcileReport, store: Any) -> None:
+async def _audit(actor: str, report: ReconcileReport, store: Any) -> None:
     """A repair or a prune changes things: it goes into the audit trail like any operation."""
     fixed = [d for d in report.drift if d.fixed]
     action = "reconcile.prune" if report.prune else "reconcile.repair"
@@ -403,7 +416,7 @@ async def _audit(engine: Engine, report: ReconcileReport, store: Any) -> None:
              f"{'fixed' if d.fixed else 'left'}: {d.detail}" for d in report.drift]
     try:
         await store.record_audit(AuditRecord(
-            operation_id=uuid.uuid4().hex, actor=engine.actor, action=action, project=None,
+            operation_id=uuid.uuid4().hex, actor=actor, action=action, project=None,
             environment=None, from_state=None, to_state=None,
             result="failed" if report.errors else "succeeded", duration_ms=report.elapsed_ms,
             created_at=datetime.now(timezone.utc),
@@ -431,27 +444,15 @@ def _read_files(registry: Any) -> tuple[list[ProjectSlots], list[tuple[str, str,
     return pairs, corrupt
 
 
-def _describe_store(engine: Engine) -> str:
-    db = engine.config.database
-    if db.dsn:
-        from codeb_tui.store import open_store
-
-        try:
-            return open_store(db.dsn, db.sqlite_path, db.connect_timeout).description
-        except StoreError:
-            return "postgresql (unparsable DSN)"
-    return f"sqlite {db.sqlite_path}"
-
-
-def _busy(engine: Engine, project: str, environment: str | None) -> bool:
+def _busy(ctx: Context, project: str, environment: str | None) -> bool:
     try:
         env = Environment.parse(environment or "")
     except CodebError:
         return False
-    return is_locked(engine.registry.lock_path(f"{project}-{env.suffix}"))
+    return ctx.registry.project_busy(project, env)
 
 
-def _check_containers(engine: Engine, report: ReconcileReport, all_pairs: list[ProjectSlots],
+def _check_containers(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectSlots],
                       pairs: list[ProjectSlots], in_scope, corrupt: set[tuple[str, str]],
                       containers: list[ContainerInfo] | None,
                       error: BaseException | None) -> None:
@@ -479,7 +480,7 @@ def _check_containers(engine: Engine, report: ReconcileReport, all_pairs: list[P
             if found is not None and found.status == "running":
                 continue
             env = pair.environment.value
-            if _busy(engine, pair.project, env):
+            if _busy(ctx, pair.project, env):
                 busy.add((pair.project, env))
                 continue
             name = slot.container_name or slot.container_id or "(no container recorded)"
@@ -499,7 +500,7 @@ def _check_containers(engine: Engine, report: ReconcileReport, all_pairs: list[P
         env = container.labels.get(LABEL_ENVIRONMENT)
         if (project, env) in corrupt:
             continue  # its slot file cannot be read: said once, as corrupt_file
-        if project and _busy(engine, project, env):
+        if project and _busy(ctx, project, env):
             busy.add((project, env or "?"))
             continue
         report.drift.append(Drift(
@@ -511,7 +512,7 @@ def _check_containers(engine: Engine, report: ReconcileReport, all_pairs: list[P
     report.busy.extend(f"{p} ({e})" for p, e in sorted(busy))
 
 
-def _check_proxy(engine: Engine, report: ReconcileReport, all_pairs: list[ProjectSlots], in_scope,
+def _check_proxy(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectSlots], in_scope,
                  corrupt: set[tuple[str, str]],
                  live: dict[str, tuple[int | None, str | None]] | None,
                  error: BaseException | None) -> None:
@@ -527,7 +528,7 @@ def _check_proxy(engine: Engine, report: ReconcileReport, all_pairs: list[Projec
         for slot in pair.slots():
             tag = f"{pair.project}-{pair.environment.suffix}-{slot.name.value}"
             by_tag[tag] = by_tag[tag + "-preview"] = (pair, slot)
-    expected = _expected_proxy(engine, all_pairs)
+    expected = _expected_proxy(ctx, all_pairs)
     report.checked["routes_expected"] = len(expected)
     report.checked["routes_live"] = len(live)
     for host, (port, tag) in expected.items():
@@ -547,7 +548,7 @@ def _check_proxy(engine: Engine, report: ReconcileReport, all_pairs: list[Projec
                       f"{what} on port {port}")
         report.drift.append(Drift(DriftKind.PROXY_DRIFT, pair.project, pair.environment.value,
                                   slot.name.value, detail, fixable=True, port=live_port))
-    patterns = _host_patterns(engine)
+    patterns = _host_patterns(ctx)
     for host, (live_port, route_id) in sorted(live.items()):
         if host in expected:
             continue
@@ -576,19 +577,20 @@ def _project_from_tag(tag: str) -> str | None:
     return None
 
 
-def _check_ports(engine: Engine, report: ReconcileReport, all_pairs: list[ProjectSlots], in_scope,
-                 ports: dict | None, error: BaseException | None) -> None:
+def _check_ports(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectSlots], in_scope,
+                 ports: PortsReport | None, error: BaseException | None) -> None:
     if error is not None or ports is None:
         return  # Docker unreachable: already reported by the container check
     by_port = {slot.port: (pair, slot) for pair in all_pairs for slot in pair.slots()}
     try:
-        allocated = engine.registry.read_ssot().allocated
+        allocated = ctx.registry.read_ssot().allocated
     except CodebError:
         allocated = {}
-    for conflict in ports.get("conflicts", []):
-        if conflict["kind"] not in ("held_by_unknown_process", "owner_mismatch"):
+    for conflict in ports.conflicts:
+        if conflict.kind not in (PortConflictKind.HELD_BY_UNKNOWN_PROCESS,
+                                 PortConflictKind.OWNER_MISMATCH):
             continue  # foreign listeners outside codeb's allocations only narrow allocation
-        port = conflict["port"]
+        port = conflict.port
         pair, slot = by_port.get(port, (None, None))
         project = pair.project if pair else None
         if project is None:
@@ -598,12 +600,12 @@ def _check_ports(engine: Engine, report: ReconcileReport, all_pairs: list[Projec
         report.drift.append(Drift(
             DriftKind.PORT_CONFLICT, project, pair.environment.value if pair else None,
             slot.name.value if slot else None,
-            f"{conflict['detail'][0].upper()}{conflict['detail'][1:]}; cannot fix: stop that "
+            f"{conflict.detail[0].upper()}{conflict.detail[1:]}; cannot fix: stop that "
             f"program, then redeploy {project or 'the project'} or clean the slot",
             fixable=False, port=port))
 
 
-async def _repair_database(engine: Engine, report: ReconcileReport, store: Any,
+async def _repair_database(ctx: Context, report: ReconcileReport, store: Any,
                            db_drift: dict[SlotKey, list[Drift]]) -> None:
     """Upsert every slot row that is missing or differs, delete rows no file holds: one
     transaction. The pairs are read again just before, so a deploy that finished meanwhile is
@@ -615,7 +617,7 @@ async def _repair_database(engine: Engine, report: ReconcileReport, store: Any,
     upserts: list[SlotRow] = []
     for project, environment in sorted(wanted):
         try:
-            pair = engine.registry.read_slots(project, Environment(environment))
+            pair = ctx.registry.read_slots(project, Environment(environment))
         except CodebError as exc:
             report.errors.append(f"{project} ({environment}): not repaired: {exc}")
             continue
@@ -633,7 +635,7 @@ async def _repair_database(engine: Engine, report: ReconcileReport, store: Any,
                 d.fixed = True
 
 
-async def _prune(engine: Engine, report: ReconcileReport) -> None:
+async def _prune(ctx: Context, actor: str, report: ReconcileReport) -> None:
     """Remove orphan containers, each under its project lock and only if the slot file still
     does not reference it."""
     for drift in report.of_kind(DriftKind.ORPHAN_CONTAINER):
@@ -644,16 +646,17 @@ async def _prune(engine: Engine, report: ReconcileReport) -> None:
             env = None
         try:
             if drift.project and env is not None:
-                with engine.registry.project_lock(drift.project, env, "prune orphan container"):
-                    pair = engine.registry.read_slots(drift.project, env)
+                async with ctx.registry.project_lock(drift.project, env, "prune orphan container",
+                                                     actor=actor):
+                    pair = await ctx.registry.aread_slots(drift.project, env)
                     if pair is not None and any(
                             s.state is not SlotState.EMPTY
                             and (s.container_name == drift.container or s.container_id == ident)
                             for s in pair.slots()):
                         continue
-                    await engine.host.docker.remove(ident)
+                    await ctx.host.docker.remove(ident)
             else:
-                await engine.host.docker.remove(ident)
+                await ctx.host.docker.remove(ident)
         except CodebError as exc:
             report.errors.append(f"removing {drift.container} failed: {exc}")
             continue

@@ -2,7 +2,7 @@
 
 Caddy applies a POST /load atomically: a config it rejects leaves the running one in place. We
 still back up what was live and re-apply it on failure, so the proxy is always in a known state
-(seed 7.2: "Caddy 설정 실패 → 백업에서 복원").
+(a rejected config is restored from the backup: engine/proxy_switch.py).
 """
 
 from __future__ import annotations

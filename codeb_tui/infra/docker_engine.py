@@ -7,15 +7,18 @@ blocks the event loop the console draws on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 
 from codeb_tui.domain.errors import ImageNotFound, OperationFailed
+
+T = TypeVar("T")
 
 LABEL_PROJECT = "codeb.project"
 LABEL_ENVIRONMENT = "codeb.environment"
@@ -88,19 +91,25 @@ class DockerEngine:
         self.bind_address = bind_address
         self.stop_timeout = stop_timeout
         self._client: docker.DockerClient | None = None
+        self._building = threading.Lock()
 
     @property
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            try:  # the SDK asks the engine for its API version here, so this can fail too
-                self._client = docker.DockerClient(base_url=self.endpoint, timeout=120)
-            except docker.errors.DockerException as exc:
-                raise OperationFailed(f"Docker ({self.endpoint}) unreachable: {_short(exc)}") from None
-        return self._client
+        """The SDK client, built on first use. Blocking (the constructor asks the engine for its
+        API version): call it only inside a worker thread, as `_call` does."""
+        with self._building:
+            if self._client is None:
+                try:
+                    self._client = docker.DockerClient(base_url=self.endpoint, timeout=120)
+                except docker.errors.DockerException as exc:
+                    raise OperationFailed(
+                        f"Docker ({self.endpoint}) unreachable: {_short(exc)}") from None
+            return self._client
 
-    async def _call(self, fn, *args, **kwargs):
+    async def _call(self, fn: Callable[[docker.DockerClient], T]) -> T:
+        """Run `fn(client)` in a worker thread: the SDK blocks, the event loop must not."""
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await asyncio.to_thread(lambda: fn(self.client))
         except docker.errors.DockerException as exc:
             if isinstance(exc, docker.errors.NotFound):
                 raise
@@ -108,13 +117,13 @@ class DockerEngine:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._call(self.client.ping))
+            return bool(await self._call(lambda c: c.ping()))
         except Exception:
             return False
 
     async def pull(self, ref: str) -> str:
         """Pull `ref`; return the image id. A reference the registry does not hold is
-        `ImageNotFound` with the seed's advice."""
+        `ImageNotFound` with advice on where images come from."""
         repository, tag = _split_ref(ref)
 
         def pull() -> str:
@@ -122,7 +131,7 @@ class DockerEngine:
             return image.id
 
         try:
-            return await asyncio.to_thread(pull)
+            return await asyncio.to_thread(pull)  # not _call: its errors are read here
         except docker.errors.DockerException as exc:
             detail = _short(exc)
             if isinstance(exc, (docker.errors.NotFound, docker.errors.ImageNotFound)) or any(
@@ -136,15 +145,15 @@ class DockerEngine:
 
     async def image_present(self, ref: str) -> bool:
         try:
-            await self._call(self.client.images.get, ref)
+            await self._call(lambda c: c.images.get(ref))
             return True
         except docker.errors.NotFound:
             return False
 
     async def run_slot(self, *, name: str, image: str, port: int, labels: dict[str, str],
                        env: dict[str, str]) -> ContainerInfo:
-        def run() -> ContainerInfo:
-            container = self.client.containers.run(
+        def run(client: docker.DockerClient) -> ContainerInfo:
+            container = client.containers.run(
                 image,
                 name=name,
                 detach=True,
@@ -166,23 +175,23 @@ class DockerEngine:
 
     async def inspect(self, ident: str) -> ContainerInfo | None:
         try:
-            container = await self._call(self.client.containers.get, ident)
+            container = await self._call(lambda c: c.containers.get(ident))
         except docker.errors.NotFound:
             return None
         return _info(container)
 
     async def logs(self, ident: str, tail: int = 20) -> str:
         try:
-            container = await self._call(self.client.containers.get, ident)
-            data = await self._call(container.logs, tail=tail)
+            container = await self._call(lambda c: c.containers.get(ident))
+            data = await self._call(lambda _: container.logs(tail=tail))
         except (docker.errors.NotFound, OperationFailed):
             return ""
         return data.decode(errors="replace")
 
     async def stream_logs(self, ident: str, tail: int = 200) -> AsyncIterator[str]:
         """Follow a container's output line by line (the console's log view)."""
-        container = await self._call(self.client.containers.get, ident)
-        stream = await self._call(container.logs, stream=True, follow=True, tail=tail)
+        container = await self._call(lambda c: c.containers.get(ident))
+        stream = await self._call(lambda _: container.logs(stream=True, follow=True, tail=tail))
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -214,32 +223,31 @@ class DockerEngine:
 
     async def stop(self, ident: str) -> None:
         try:
-            container = await self._call(self.client.containers.get, ident)
-            await self._call(container.stop, timeout=self.stop_timeout)
+            container = await self._call(lambda c: c.containers.get(ident))
+            await self._call(lambda _: container.stop(timeout=self.stop_timeout))
         except docker.errors.NotFound:
             pass
 
     async def start(self, ident: str) -> None:
-        container = await self._call(self.client.containers.get, ident)
-        await self._call(container.start)
+        container = await self._call(lambda c: c.containers.get(ident))
+        await self._call(lambda _: container.start())
 
     async def rename(self, ident: str, name: str) -> None:
-        container = await self._call(self.client.containers.get, ident)
-        await self._call(container.rename, name)
+        container = await self._call(lambda c: c.containers.get(ident))
+        await self._call(lambda _: container.rename(name))
 
     async def remove(self, ident: str) -> None:
         try:
-            container = await self._call(self.client.containers.get, ident)
-            await self._call(container.remove, force=True)
+            container = await self._call(lambda c: c.containers.get(ident))
+            await self._call(lambda _: container.remove(force=True))
         except docker.errors.NotFound:
             pass
 
     async def list_slot_containers(self, all: bool = True) -> list[ContainerInfo]:
         """Every container codeb created (by label), running or not. One list call: a sparse
         list does not inspect each container, so one removed meanwhile cannot fail it."""
-        containers = await self._call(
-            self.client.containers.list, all=all, sparse=True, filters={"label": LABEL_PROJECT}
-        )
+        containers = await self._call(lambda c: c.containers.list(
+            all=all, sparse=True, filters={"label": LABEL_PROJECT}))
         return [_sparse_info(c.attrs) for c in containers]
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ class HealthChecker:
         )
 
     async def check(self, port: int) -> HealthResult:
-        """GET http://host:port/health; 2xx and 3xx are healthy (seed 3.2)."""
+        """GET http://host:port/health; 2xx and 3xx are healthy."""
         url = f"http://{self.host}:{port}{self.path}"
         started = time.perf_counter()
         try:

@@ -1,4 +1,5 @@
-"""The file registry: the primary source of truth (seed sections 5.2 and 6).
+"""The file registry: the primary source of truth (docs/architecture.md, "The registry
+format").
 
     <root>/ssot.json                    {"ports": {"used": [...], "allocated": {"4100": "a"}}}
     <root>/slots/<project>-<suffix>.json both slots of one project+environment, versioned
@@ -11,15 +12,13 @@ expected shape raises `RegistryCorrupt` naming it; nothing is written over it.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from codeb_tui.domain.durable import atomic_write
 from codeb_tui.domain.errors import RegistryCorrupt
 from codeb_tui.domain.model import (
     Environment,
@@ -34,7 +33,7 @@ from codeb_tui.domain.model import (
     utcnow,
     validate_project_name,
 )
-from codeb_tui.registry.locks import file_lock
+from codeb_tui.registry.locks import LockWaiting, file_lock, is_locked
 
 SLOT_FILE_FORMAT = 1
 
@@ -61,26 +60,7 @@ class Ssot:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
 def _read_json(path: Path) -> Any | None:
@@ -118,22 +98,25 @@ class FileRegistry:
         return self.root / "locks" / f"{name}.lock"
 
     # locks -----------------------------------------------------------------------------------
-    @contextmanager
-    def project_lock(self, project: str, environment: Environment, purpose: str) -> Iterator[None]:
-        """The project+environment lock every operation holds while it runs."""
-        with file_lock(
+    def project_lock(self, project: str, environment: Environment, purpose: str,
+                     actor: str | None = None, on_wait: LockWaiting | None = None):
+        """The project+environment lock every operation holds while it runs (async with)."""
+        return file_lock(
             self.lock_path(f"{project}-{environment.suffix}"),
             purpose=f"{purpose} {project} ({environment.value})",
             what=f"{project} ({environment.value})",
-            wait=self.lock_wait,
-        ):
-            yield
+            wait=self.lock_wait, actor=actor, on_wait=on_wait,
+        )
 
-    @contextmanager
-    def global_lock(self, name: str, purpose: str, wait: float = 30.0) -> Iterator[None]:
+    def global_lock(self, name: str, purpose: str, wait: float = 30.0,
+                    actor: str | None = None, on_wait: LockWaiting | None = None):
         """Short critical sections shared by all projects: port allocation, proxy switching."""
-        with file_lock(self.lock_path(name), purpose=purpose, what=f"the {name} registry", wait=wait):
-            yield
+        return file_lock(self.lock_path(name), purpose=purpose, what=f"the {name} registry",
+                         wait=wait, actor=actor, on_wait=on_wait)
+
+    def project_busy(self, project: str, environment: Environment) -> bool:
+        """Whether an operation holds the project+environment lock right now."""
+        return is_locked(self.lock_path(f"{project}-{environment.suffix}"))
 
     # ssot.json -------------------------------------------------------------------------------
     def read_ssot(self) -> Ssot:
@@ -210,6 +193,25 @@ class FileRegistry:
             for project, env in self.list_slot_files()
             if (slots := self.read_slots(project, env)) is not None
         ]
+
+
+    # the same, off the event loop ----------------------------------------------------------
+    # The engine runs on the console's (or the server's) loop: a file read or an fsync'd write
+    # goes to a worker thread so that drawing and other requests never wait on the disk.
+    async def aread_slots(self, project: str, environment: Environment) -> ProjectSlots | None:
+        return await asyncio.to_thread(self.read_slots, project, environment)
+
+    async def aread_all(self) -> list[ProjectSlots]:
+        return await asyncio.to_thread(self.read_all)
+
+    async def awrite_slots(self, slots: ProjectSlots, expected_version: int | None = None) -> ProjectSlots:
+        return await asyncio.to_thread(self.write_slots, slots, expected_version)
+
+    async def aread_ssot(self) -> Ssot:
+        return await asyncio.to_thread(self.read_ssot)
+
+    async def awrite_ssot(self, ssot: Ssot) -> None:
+        await asyncio.to_thread(self.write_ssot, ssot)
 
 
 def slot_file_json(slots: ProjectSlots) -> dict[str, Any]:

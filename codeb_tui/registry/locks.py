@@ -6,18 +6,19 @@ lock behind; the holder record is only there to name who holds it and since when
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import getpass
 import json
 import os
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from codeb_tui.domain.errors import LockHeld
+from codeb_tui.domain.errors import LockHeld, RegistryCorrupt
 
 
 def current_actor() -> str:
@@ -27,27 +28,37 @@ def current_actor() -> str:
         return str(os.getuid())
 
 
-@contextmanager
-def file_lock(path: Path, purpose: str, what: str, wait: float = 0.0) -> Iterator[None]:
+LockWaiting = Callable[[str], None]
+"""Told once, with the holder's description, when a lock is taken by someone else and the
+caller has chosen to wait for it."""
+
+POLL_INTERVAL = 0.05
+
+
+@asynccontextmanager
+async def file_lock(path: Path, purpose: str, what: str, wait: float = 0.0,
+                    actor: str | None = None, on_wait: LockWaiting | None = None
+                    ) -> AsyncIterator[None]:
     """Hold an exclusive lock on `path`, or raise LockHeld naming the holder.
 
-    `wait` seconds are spent retrying before giving up (0: refuse at once).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    `wait` seconds are spent retrying before giving up (0: refuse at once). The wait never
+    blocks the event loop: flock is tried without blocking and retried after an asyncio sleep,
+    so a console or a server keeps answering while one of its operations waits. Two operations
+    of one process exclude each other too (each opens its own file description)."""
+    fd = _open_lock_file(path)
     try:
         deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockHeld(f"{what} is locked: {describe_holder(path)}") from None
-                time.sleep(0.02)
+        announced = False
+        while not _try_flock(fd):
+            if time.monotonic() >= deadline:
+                raise LockHeld(f"{what} is locked: {describe_holder(path)}") from None
+            if on_wait is not None and not announced:
+                announced = True
+                on_wait(f"waiting up to {wait:g} s for {what}: {describe_holder(path)}")
+            await asyncio.sleep(POLL_INTERVAL)
         holder = {
             "pid": os.getpid(),
-            "user": current_actor(),
+            "user": actor or current_actor(),
             "host": socket.gethostname(),
             "purpose": purpose,
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -61,6 +72,24 @@ def file_lock(path: Path, purpose: str, what: str, wait: float = 0.0) -> Iterato
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        raise RegistryCorrupt(f"{path}: cannot open the lock file ({exc.strerror}); "
+                              f"{path.parent} must be a writable directory") from None
+
+
+def _try_flock(fd: int) -> bool:
+    """One non-blocking attempt: True when the lock is ours."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def read_holder(path: Path) -> dict | None:

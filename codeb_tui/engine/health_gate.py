@@ -1,0 +1,76 @@
+"""The health gate: a new container must prove itself before it is called deployed, and a slot
+must still answer before traffic is switched to it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from codeb_tui.domain.errors import HealthCheckFailed
+from codeb_tui.domain.model import HealthRecord, Slot, utcnow
+from codeb_tui.engine.context import Context
+from codeb_tui.engine.operation import OperationRun
+from codeb_tui.infra.docker_engine import ContainerInfo
+from codeb_tui.infra.health import HealthResult
+
+
+async def wait_healthy(ctx: Context, run: OperationRun, container: ContainerInfo,
+                       port: int) -> HealthRecord:
+    """Docker's own health status if the image has one, then GET /health answering 2xx/3xx,
+    within health.timeout."""
+    docker, health = ctx.host.docker, ctx.host.health
+    timeout = ctx.config.health.timeout
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    announced = None
+    has_docker_health = container.health is not None
+    while True:
+        # Without a Docker HEALTHCHECK, ask the slot first and inspect only while it does
+        # not answer: a container that exited or restarts is a failure at once.
+        if not has_docker_health:
+            result = await health.check(port)
+            last = result.detail
+            if result.ok:
+                return _healthy(ctx, run, result)
+        info = await docker.inspect(container.id)
+        if info is None:
+            raise HealthCheckFailed(f"Container {container.name} disappeared during the health check")
+        if info.status in ("exited", "dead", "restarting") or info.restart_count:
+            raise HealthCheckFailed(
+                f"Container {container.name} exited with code {info.exit_code} before becoming healthy"
+            )
+        if has_docker_health:
+            if info.health == "unhealthy":
+                raise HealthCheckFailed(f"Container {container.name}: Docker reports it unhealthy")
+            if info.health == "healthy":
+                result = await health.check(port)
+                last = result.detail
+                if result.ok:
+                    return _healthy(ctx, run, result)
+            else:
+                last = f"docker health {info.health}"
+        if last != announced:
+            run.log(f"waiting: {last}")
+            announced = last
+        if time.monotonic() >= deadline:
+            raise HealthCheckFailed(
+                f"Health check failed: {container.name} not healthy within {timeout:g} s (last: {last})"
+            )
+        await asyncio.sleep(ctx.config.health.interval)
+
+
+def _healthy(ctx: Context, run: OperationRun, result: HealthResult) -> HealthRecord:
+    run.log(f"healthy: GET {ctx.config.health.path} -> {result.detail} in {result.latency_ms:.0f} ms")
+    return HealthRecord(True, result.detail, utcnow(), result.latency_ms)
+
+
+async def check_slot(ctx: Context, slot: Slot, what: str) -> HealthRecord:
+    """A final check of a slot that should be serving: its container runs and /health answers."""
+    info = await ctx.host.docker.inspect(slot.container_name or slot.container_id or "")
+    if info is None or info.status != "running":
+        state = "missing" if info is None else info.status
+        raise HealthCheckFailed(f"{what}: container {slot.container_name} is {state}")
+    result = await ctx.host.health.check(slot.port)
+    if not result.ok:
+        raise HealthCheckFailed(f"{what}: GET {ctx.config.health.path} on port {slot.port} -> {result.detail}")
+    return HealthRecord(True, result.detail, utcnow(), result.latency_ms)

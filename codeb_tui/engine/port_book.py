@@ -1,0 +1,113 @@
+"""The port book: which pairs are taken, by whom, and every disagreement about it.
+
+A pair is written into ssot.json under the ssot lock before a container starts on it, so two
+codeb processes never allocate the same pair; the ports Docker and the host know may be read
+before the lock is taken (see `reserve_ports`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from codeb_tui.domain.model import Environment
+from codeb_tui.domain.ports import PortSources, allocate_port_pair
+from codeb_tui.domain.status import (
+    EnvironmentPorts,
+    PortConflict,
+    PortConflictKind,
+    PortPairUse,
+    PortsReport,
+)
+from codeb_tui.engine.context import Context
+
+SeenPorts = tuple[frozenset[int], frozenset[int]]
+"""(ports of codeb's containers, ports some program listens on)."""
+
+
+async def seen_ports(ctx: Context) -> SeenPorts:
+    """Ports of codeb's containers (running or not) and ports listening on the host."""
+    containers, listening = await asyncio.gather(
+        ctx.host.docker.list_slot_containers(), ctx.host.listening_ports())
+    return frozenset(c.port for c in containers if c.port is not None), frozenset(listening)
+
+
+async def reserve_ports(ctx: Context, project: str, env: Environment, seen: SeenPorts,
+                        actor: str) -> tuple[int, int]:
+    """Allocate a pair and write it down. `seen` may be read before the lock is taken: another
+    codeb process writes its pair into ssot.json before it starts a container on it, and
+    ssot.json is read under the lock."""
+    registry = ctx.registry
+    async with registry.global_lock("ssot", f"allocate ports for {project} ({env.value})",
+                                    actor=actor):
+        ssot = await registry.aread_ssot()
+        containers, listening = seen
+        sources = PortSources(registry=frozenset(ssot.allocated), containers=containers,
+                              listening=listening)
+        blue, green = allocate_port_pair(ctx.config.env(env).ports, sources, env.value)
+        ssot.allocated[blue] = project
+        ssot.allocated[green] = project
+        await registry.awrite_ssot(ssot)
+        return blue, green
+
+
+async def release_ports(ctx: Context, project: str, ports: tuple[int, int], actor: str) -> None:
+    registry = ctx.registry
+    async with registry.global_lock("ssot", f"release ports of {project}", actor=actor):
+        ssot = await registry.aread_ssot()
+        for port in ports:
+            if ssot.allocated.get(port) == project:
+                del ssot.allocated[port]
+        await registry.awrite_ssot(ssot)
+
+
+async def ports_report(ctx: Context) -> PortsReport:
+    """Each environment's range with used and free pairs, and every disagreement between
+    ssot.json, codeb's containers and the sockets listening on the host."""
+    ssot, containers, listening = await asyncio.gather(
+        ctx.registry.aread_ssot(), ctx.host.docker.list_slot_containers(),
+        ctx.host.listening_ports())
+    by_port = {c.port: c for c in containers if c.port is not None}
+    running_ports = {c.port for c in containers if c.status == "running"}
+    ranges = {env: ctx.config.env(env).ports for env in Environment}
+    environments = []
+    for env, (low, high) in ranges.items():
+        pairs = []
+        free = 0
+        for port in range(low + low % 2, high, 2):
+            owners = {ssot.allocated.get(p) for p in (port, port + 1)} - {None}
+            held = [p for p in (port, port + 1) if p in listening and p not in running_ports]
+            if not owners and not held and port not in by_port and port + 1 not in by_port:
+                free += 1
+                continue
+            pairs.append(PortPairUse(
+                blue=port, green=port + 1,
+                project=", ".join(sorted(o or "?" for o in owners)) or None,
+                listening=tuple(p for p in (port, port + 1) if p in listening),
+                containers=tuple(by_port[p].name for p in (port, port + 1) if p in by_port)))
+        environments.append(EnvironmentPorts(env, (low, high), tuple(pairs), free))
+    conflicts = []
+    for port in sorted(set(ssot.allocated) | set(by_port) | listening):
+        if not any(lo <= port <= hi for lo, hi in ranges.values()):
+            continue
+        owner = ssot.allocated.get(port)
+        container = by_port.get(port)
+        if port in listening and port not in running_ports:
+            if owner:
+                conflicts.append(PortConflict(
+                    port, PortConflictKind.HELD_BY_UNKNOWN_PROCESS,
+                    f"port {port} is allocated to {owner} in ssot.json but another program "
+                    "listens on it"))
+            else:
+                conflicts.append(PortConflict(
+                    port, PortConflictKind.FOREIGN_LISTENER,
+                    f"port {port} is not in ssot.json but another program listens on it; "
+                    "allocation skips its pair"))
+        if container is not None and owner is None:
+            conflicts.append(PortConflict(
+                port, PortConflictKind.CONTAINER_NOT_IN_REGISTRY,
+                f"container {container.name} uses port {port}, which ssot.json does not allocate"))
+        if container is not None and owner and container.labels.get("codeb.project") != owner:
+            conflicts.append(PortConflict(
+                port, PortConflictKind.OWNER_MISMATCH,
+                f"ssot.json gives port {port} to {owner} but container {container.name} uses it"))
+    return PortsReport(tuple(environments), tuple(conflicts))
