@@ -1,4 +1,4 @@
-"""Teams, API keys and the permission matrix (codeb_tui.domain.access, codeb_tui.admin_cli).
+"""Teams, API keys and the permission matrix (codeb_tui.domain.access, `codeb team|apikey|db`).
 
 Store tests run on a real SQLite file and the real local PostgreSQL (fixtures in conftest.py,
 as for test_store.py). The command line runs in real processes against SQLite.
@@ -17,15 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from codeb_tui.admin_cli import api_key_of, run_admin
-from codeb_tui.cli import build_parser
-from codeb_tui.domain.config import parse_config
+from codeb_tui.cli import main
 from codeb_tui.domain import access
 from codeb_tui.domain.access import (
     ACTIONS,
     PERMISSIONS,
     ROLES,
     Principal,
+    PrincipalKind,
     generate_api_key,
     hash_api_key,
     is_allowed,
@@ -129,14 +128,23 @@ def test_access_denied_is_a_refusal():
     assert str(AccessDenied("Access Denied: x")) == "Access Denied: x"
 
 
-def test_api_key_option_falls_back_to_the_environment(monkeypatch):
+def test_api_key_option_falls_back_to_the_environment(monkeypatch, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"database:\n  sqlite_path: {tmp_path / 'c.sqlite3'}\n")
+
+    def refusal(*argv: str) -> str:
+        assert main([*argv, "--config", str(config)]) == 2
+        return capsys.readouterr().err
+
     monkeypatch.setenv("CODEB_API_KEY", "cb_from_env")
-    assert build_parser().parse_args(["team", "list"]).api_key == "cb_from_env"
-    assert build_parser().parse_args(["team", "list", "--api-key", "x"]).api_key == "x"
-    ns = build_parser().parse_args(["team", "list", "--api-key", ""])
-    assert api_key_of(ns) is None  # explicitly none
+    assert "malformed API key" in refusal("team", "list")
+    assert "malformed API key" in refusal("--api-key", "x", "team", "list")
+    # An explicitly empty key is a key, and refused; it never means "local".
+    assert "an API key is required" in refusal("team", "list", "--api-key", "")
+    monkeypatch.setenv("CODEB_API_KEY", "")
+    assert "an API key is required" in refusal("db", "status")
     monkeypatch.delenv("CODEB_API_KEY")
-    assert api_key_of(build_parser().parse_args(["db", "status"])) is None
+    assert main(["db", "status", "--config", str(config)]) == 0
 
 
 # --- the store, on both backends ---------------------------------------------------------------
@@ -238,8 +246,9 @@ async def test_authorize(store):
         keys[role] = new
 
     p = await authorize(store, keys["viewer"].key, "status", None)
-    assert p == Principal(team="acme", role="viewer", prefix=keys["viewer"].prefix,
-                          key_name="viewer-key", key_id=p.key_id)
+    assert p == Principal.from_key_row("acme", "viewer", keys["viewer"].prefix,
+                                       key_name="viewer-key", key_id=p.key_id)
+    assert p.kind is PrincipalKind.API_KEY and p.name == f"cb_{keys['viewer'].prefix}"
     assert p.actor == f"apikey:cb_{keys['viewer'].prefix}"
     assert (await authorize(store, keys["member"].key, "deploy", "production")).role == "member"
     assert (await authorize(store, keys["member"].key, "cleanup", "staging")).role == "member"
@@ -332,7 +341,8 @@ def test_db_status_and_migrate(sqlite_config):
 
     out = admin("db", "migrate", config=config)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == (f"applied migrations 001, 002, 003 to sqlite {db}: "
+    versions = ", ".join(f"{v:03d}" for v in range(1, LATEST + 1))
+    assert out.stdout.strip() == (f"applied migrations {versions} to sqlite {db}: "
                                   f"schema version {LATEST}")
     out = admin("db", "migrate", config=config)
     assert out.returncode == 0 and "up to date" in out.stdout, out
@@ -433,13 +443,14 @@ def test_unreachable_database_is_one_line_exit_1(tmp_path):
         one_error(admin(*args, config=config), 1, "codeb: PostgreSQL at 127.0.0.1:1 unreachable")
 
 
-async def test_run_admin_in_process(tmp_path, capsys, monkeypatch):
+async def test_admin_commands_in_process(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("CODEB_API_KEY", raising=False)
-    config = parse_config({"database": {"sqlite_path": str(tmp_path / "c.sqlite3")}})
-    parser = build_parser()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"database:\n  sqlite_path: {tmp_path / 'c.sqlite3'}\n")
 
     async def run(*argv: str) -> int:
-        return await run_admin(parser.parse_args(list(argv)), config)
+        # main() runs its own event loop: off this test's loop, in a thread.
+        return await asyncio.to_thread(main, [*argv, "--config", str(config)])
 
     assert await run("db", "migrate", "--json") == 0
     assert json.loads(capsys.readouterr().out)["applied"] == list(range(1, LATEST + 1))
@@ -457,3 +468,31 @@ async def test_run_admin_in_process(tmp_path, capsys, monkeypatch):
         assert isinstance((await store.list_teams())[0].created_at, datetime)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("make_store", ["sqlite"], indirect=True)
+async def test_the_facade_admits_each_kind_of_principal(store):
+    """Local operators may do all; SSH operators by their role; keys by the database."""
+    from codeb_tui.engine.access import admit
+
+    async def connected():
+        return store
+
+    local = Principal.local("root")
+    assert await admit(local, "apikey.create", None, connected) is local
+    viewer = Principal.operator("ann", "ops", "viewer")
+    assert await admit(viewer, "status", "production", connected) is viewer
+    with pytest.raises(AccessDenied) as info:
+        await admit(viewer, "promote", "production", connected)
+    assert "role viewer may not promote" in str(info.value) and "ssh:ann" in str(info.value)
+    assert info.value.principal is viewer  # audited under the operator's team
+    member = Principal.operator("bob", "ops", "member")
+    with pytest.raises(AccessDenied, match="only in preview, staging"):
+        await admit(member, "cleanup", "production", connected)
+    assert viewer.may("status") and not viewer.may("deploy", "staging")
+    assert member.may("cleanup", "staging") and not member.may("cleanup")
+    for empty in ("", "   "):
+        with pytest.raises(AccessDenied, match="an API key is required"):
+            await admit(Principal.with_api_key(empty), "status", None, connected)
+    with pytest.raises(AccessDenied, match="malformed API key"):
+        await admit(Principal.with_api_key("cb_short\n"), "status", None, connected)

@@ -1,0 +1,3 @@
+from codeb_tui.cli import main
+
+raise SystemExit(main())
