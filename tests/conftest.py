@@ -116,7 +116,10 @@ def prefix(docker_client):
     yield value
     for container in docker_client.containers.list(all=True, filters={"label": "codeb.project"}):
         if container.labels.get("codeb.project", "").startswith(value):
-            container.remove(force=True)
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:  # removed meanwhile (the test's own clean-up)
+                pass
 
 
 def config_dict(tmp_path: Path, caddy_info: dict, docker_host: str, **overrides) -> dict:

@@ -163,12 +163,19 @@ async def test_twenty_operations_without_postgres_then_one_repair(make_config, p
 async def test_orphan_container_is_listed_and_only_pruned_on_request(engine, prefix, docker_client):
     kept = f"{prefix}-kept"
     ok(await collect(engine.deploy(LOCAL, kept, image("v1"))))
+    ours = engine.context.registry.read_ssot().extra["installation"]
     orphan_project = f"{prefix}-x"
-    orphan = docker_client.containers.run(
-        image("v1"), name=f"codeb-{orphan_project}-prod-blue", detach=True, network_mode="host",
-        init=True, environment={"PORT": str(free_ports(1)[0])},
-        labels={"codeb.project": orphan_project, "codeb.environment": "production",
-                "codeb.slot": "blue"})
+
+    def leftover(name: str, installation: str):
+        return docker_client.containers.run(
+            image("v1"), name=name, detach=True, network_mode="host",
+            init=True, environment={"PORT": str(free_ports(1)[0])},
+            labels={"codeb.project": orphan_project, "codeb.environment": "production",
+                    "codeb.slot": "blue", "codeb.installation": installation})
+
+    orphan = leftover(f"codeb-{orphan_project}-prod-blue", ours)
+    # Another installation on the same Docker engine: never listed, never pruned.
+    theirs = leftover(f"codeb-{orphan_project}-prod-blue-elsewhere", "0123456789abcdef")
     scope = [f"{prefix}*"]
 
     report = await engine.reconcile(LOCAL, projects=scope)
@@ -185,14 +192,35 @@ async def test_orphan_container_is_listed_and_only_pruned_on_request(engine, pre
     report = await engine.reconcile(LOCAL, prune=True, projects=scope)
     assert report.drift[0].fixed and report.in_sync
     assert [c.name for c in docker_client.containers.list(
-        all=True, filters={"label": f"codeb.project={orphan_project}"})] == []
+        all=True, filters={"label": f"codeb.project={orphan_project}"})] == [theirs.name]
     assert docker_client.containers.get(f"codeb-{kept}-prod-blue").status == "running"
     assert (await engine.reconcile(LOCAL, projects=scope)).drift == []
 
 
-async def test_stopped_container_and_foreign_listener_cannot_be_fixed(engine, config_file, prefix,
-                                                                       docker_client, capsys):
+async def test_stopped_container_is_restarted_by_repair(engine, config_file, prefix,
+                                                      docker_client):
     project = f"{prefix}-stop"
+    ok(await collect(engine.deploy(LOCAL, project, image("v1"))))
+    ok(await collect(engine.promote(LOCAL, project)))
+    docker_client.containers.get(f"codeb-{project}-prod-blue").stop(timeout=2)
+    report = await engine.reconcile(LOCAL, projects=[project])
+    assert kinds(report) == [("stopped_container", project, "blue")]
+    assert report.drift[0].fixable and "is exited" in report.drift[0].detail
+    assert "--repair starts it again" in report.drift[0].detail
+    # An operation does not start it (an operator may have stopped it on purpose).
+    ok(await collect(engine.deploy(LOCAL, project, image("v2"))))
+    assert docker_client.containers.get(f"codeb-{project}-prod-blue").status == "exited"
+
+    assert await run_reconcile(config_file(), project, "--repair") == 0
+    assert docker_client.containers.get(f"codeb-{project}-prod-blue").status == "running"
+    assert through_caddy(f"{project}.prod.test").text.startswith("healthy v1 slot=blue")
+    assert (await engine.reconcile(LOCAL, projects=[project])).drift == []
+
+
+async def test_stopped_container_on_a_taken_port_and_foreign_listener(engine, config_file,
+                                                                      prefix, docker_client,
+                                                                      capsys):
+    project = f"{prefix}-taken"
     ok(await collect(engine.deploy(LOCAL, project, image("v1"))))
     ok(await collect(engine.promote(LOCAL, project)))
     port = engine.context.registry.read_slots(project, PROD).blue.port
@@ -203,19 +231,18 @@ async def test_stopped_container_and_foreign_listener_cannot_be_fixed(engine, co
     squatter.listen()
     try:
         report = await engine.reconcile(LOCAL, repair=True, projects=[project])
-        assert kinds(report) == [("missing_container", project, "blue"),
-                                 ("port_conflict", project, "blue")]
-        missing, conflict = sorted(report.drift, key=lambda d: d.kind.value)
-        assert not missing.fixable and not missing.fixed
-        assert f"cannot fix: redeploy {project} or clean the slot" in missing.detail
-        assert "is exited" in missing.detail
+        assert kinds(report) == [("port_conflict", project, "blue"),
+                                 ("stopped_container", project, "blue")]
+        conflict, stopped = sorted(report.drift, key=lambda d: d.kind.value)
+        assert stopped.fixable and not stopped.fixed
+        assert any("not healthy" in e for e in report.errors), report.errors
         assert conflict.port == port and not conflict.fixable
         assert "another program listens on it" in conflict.detail
         assert not report.in_sync
 
         assert await run_reconcile(config_file(), project, "--repair") == 1
         text = capsys.readouterr().out
-        assert "cannot fix" in text and "drift remains: 2 (2 need an operator)" in text
+        assert "cannot fix" in text and "drift remains: 2" in text
     finally:
         squatter.close()
 

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from codeb_tui.domain.config import Config
-from codeb_tui.domain.model import ProjectSlots, SlotName, SlotState
+from codeb_tui.domain.model import Environment, ProjectSlots, SlotName, SlotState
 
 SERVER_NAME = "codeb"
 LIVE_STATES = (SlotState.DEPLOYED, SlotState.ACTIVE, SlotState.GRACE)
@@ -40,7 +40,7 @@ def _host(url: str) -> str:
 
 
 def marker_name(pair: ProjectSlots, slot: SlotName, kind: str) -> str:
-    return f"{pair.project}-{pair.environment.suffix}.{slot.value}.{kind}"
+    return f"{route_tag_prefix(pair.project, pair.environment)}.{slot.value}.{kind}"
 
 
 def wanted_markers(all_slots: list[ProjectSlots]) -> set[str]:
@@ -64,7 +64,7 @@ def routes_for(config: Config, all_slots: list[ProjectSlots]) -> list[Route]:
         env = pair.environment
         production = _host(config.production_url(pair.project, env))
         for slot in pair.slots():  # blue first
-            tag = f"{pair.project}-{env.suffix}-{slot.name.value}"
+            tag = f"{route_tag_prefix(pair.project, env)}-{slot.name.value}"
             preview = _host(config.preview_url(pair.project, env, slot.name.value))
             if file_mode:
                 routes.append(Route(production, slot.port, tag, marker_name(pair, slot.name, "live")))
@@ -104,8 +104,12 @@ def _caddy_route(route: Route, config: Config) -> dict[str, Any]:
     return {"@id": route.tag, "match": [match], "handle": handlers, "terminal": True}
 
 
-def build_caddy_config(config: Config, all_slots: list[ProjectSlots]) -> dict[str, Any]:
+def build_caddy_config(config: Config, all_slots: list[ProjectSlots],
+                       kept_routes: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The whole config for the registry. `kept_routes` are taken over as they are from the live
+    config: those of a project whose slot file cannot be read right now stay online."""
     routes = [_caddy_route(route, config) for route in routes_for(config, all_slots)]
+    routes.extend(kept_routes)
     routes.append({
         "handle": [{"handler": "static_response", "status_code": 404,
                     "body": "codeb: no site for this host\n"}],
@@ -124,6 +128,27 @@ def build_caddy_config(config: Config, all_slots: list[ProjectSlots]) -> dict[st
             }
         },
     }
+
+
+def route_tag_prefix(project: str, environment: Environment) -> str:
+    """Every route and marker of one project+environment starts with this."""
+    return f"{project}-{environment.suffix}"
+
+
+def routes_of(caddy_config: dict[str, Any] | None, prefixes: set[str]) -> list[dict[str, Any]]:
+    """The routes of a (live) config that belong to these project+environments."""
+    if not caddy_config or not prefixes:
+        return []
+    try:
+        routes = caddy_config["apps"]["http"]["servers"][SERVER_NAME]["routes"]
+    except (KeyError, TypeError):
+        return []
+    return [r for r in routes if isinstance(r, dict) and _owner(str(r.get("@id", ""))) in prefixes]
+
+
+def _owner(tag: str) -> str:
+    """`shop-prod` of the route tags `shop-prod-blue` and `shop-prod-green-preview`."""
+    return tag.removesuffix("-preview").rsplit("-", 1)[0]
 
 
 def route_count(caddy_config: dict[str, Any]) -> int:

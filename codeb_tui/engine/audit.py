@@ -15,6 +15,11 @@ from codeb_tui.engine.operation import OperationRun
 from codeb_tui.store.base import AuditRecord, DeploymentRecord, SlotRow
 
 
+REFUSAL_PATIENCE = 1.0
+"""Seconds a refusal waits for a database it has not connected to yet; then its rows go to the
+journal and the refusal is answered."""
+
+
 def result_word(terminal: events.Event) -> str:
     """succeeded | denied | refused | failed: the `result` column of both tables."""
     if isinstance(terminal, events.Finished):
@@ -43,8 +48,10 @@ async def record_operation(ctx: Context, run: OperationRun, terminal: events.Eve
         log="\n".join(run.lines + [f"{terminal.ts:%H:%M:%S} {terminal.line()}"]),
     )
     rows = [row for pair in run.written for row in slot_rows(pair)]
+    refused = result in ("refused", "denied")
     try:
-        warning = await ctx.history.record(deployment, audit, rows)
+        warning = await ctx.history.record(deployment, audit, rows,
+                                           REFUSAL_PATIENCE if refused else None)
     except OSError as exc:  # the journal itself could not be written (disk full, read-only)
         warning = f"history not recorded: {exc}"
     if warning:

@@ -18,6 +18,8 @@ class Context:
     registry: FileRegistry
     host: Host
     history: History
+    installation: str | None = None
+    """This installation's id (port_book.installation_id), once read."""
 
     async def aclose(self) -> None:
         # Both, whatever happens to one: a process must never exit with a store thread open.

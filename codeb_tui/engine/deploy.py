@@ -7,19 +7,11 @@ import asyncio
 from typing import Any
 
 from codeb_tui.domain.errors import OperationFailed, TransitionRefused
-from codeb_tui.domain.model import (
-    Environment,
-    ProjectSlots,
-    Slot,
-    SlotName,
-    SlotState,
-    container_name,
-    utcnow,
-)
+from codeb_tui.domain.model import Environment, ProjectSlots, SlotState, container_name, utcnow
 from codeb_tui.engine.context import Context
 from codeb_tui.engine.health_gate import wait_healthy
 from codeb_tui.engine.operation import OperationRun
-from codeb_tui.engine.port_book import release_ports, reserve_ports, seen_ports
+from codeb_tui.engine.port_book import installation_id, release_ports, reserve_ports, seen_ports
 from codeb_tui.engine.proxy_switch import commit
 from codeb_tui.infra.docker_engine import ContainerInfo, labels_for
 
@@ -59,14 +51,12 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
             await asyncio.gather(seen, return_exceptions=True)
         raise
 
-    reserved: tuple[int, int] | None = None
+    reserved: ProjectSlots | None = None
     if pair is None:
         assert seen is not None
         async with run.step("allocate ports"):
-            reserved = await reserve_ports(ctx, project, env, await seen, run.actor)
-            run.log(f"allocated blue {reserved[0]}, green {reserved[1]}")
-        pair = ProjectSlots(project, env, Slot(SlotName.BLUE, reserved[0]),
-                            Slot(SlotName.GREEN, reserved[1]))
+            pair = reserved = await reserve_ports(ctx, project, env, await seen, run.actor)
+            run.log(f"allocated blue {pair.blue.port}, green {pair.green.port}")
         target = pair.blue
         run.from_state = SlotState.EMPTY.value
     assert target is not None
@@ -78,10 +68,7 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
     old_was_running = False
     try:
         async with run.step("stop previous container"):
-            stale = await docker.inspect(name + REPLACED_SUFFIX)
-            if stale is not None:
-                await docker.remove(stale.id)
-            old = await docker.inspect(name)
+            old = await docker.inspect(target.container_id) if target.container_id else None
             if old is None:
                 run.log("slot has no container")
             else:
@@ -100,14 +87,15 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
                     "by another program; stop it (see `codeb ports`) and deploy again")
             new = await docker.run_slot(
                 name=name, image=image, port=target.port,
-                labels=labels_for(project, env.value, target.name.value),
+                labels=labels_for(project, env.value, target.name.value,
+                                  await installation_id(ctx)),
                 env={"CODEB_PROJECT": project, "CODEB_ENVIRONMENT": env.value,
                      "CODEB_SLOT": target.name.value},
             )
             run.log(f"started {name} ({new.id[:12]}) on port {target.port}")
 
         async with run.step("health check"):
-            health = await wait_healthy(ctx, run, new, target.port)
+            health = await wait_healthy(ctx, run.log, new, target.port)
 
         deployed = target.with_(
             state=SlotState.DEPLOYED, image=image, container_id=new.id,
@@ -118,7 +106,7 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
             await commit(ctx, run, None if reserved else pair, pair.with_slot(deployed),
                          expected_version=pair.version)
     except BaseException:
-        await _undo(ctx, run, name, new, old, old_was_running, reserved, project)
+        await _undo(ctx, run, name, new, old, old_was_running, reserved)
         raise
 
     if old is not None:
@@ -133,7 +121,7 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
 
 async def _undo(ctx: Context, run: OperationRun, name: str, new: ContainerInfo | None,
                 old: ContainerInfo | None, old_was_running: bool,
-                reserved: tuple[int, int] | None, project: str) -> None:
+                reserved: ProjectSlots | None) -> None:
     """Put everything back as it was before the deploy."""
     docker = ctx.host.docker
     try:
@@ -150,7 +138,7 @@ async def _undo(ctx: Context, run: OperationRun, name: str, new: ContainerInfo |
                 await docker.start(old.id)
                 run.log(f"restarted the previous container {name} ({old.image})")
         if reserved is not None:
-            await release_ports(ctx, project, reserved, run.actor)
-            run.log(f"released ports {reserved[0]}/{reserved[1]}")
+            await release_ports(ctx, reserved, run.actor)
+            run.log(f"released ports {reserved.blue.port}/{reserved.green.port}")
     except Exception as exc:
         run.log(f"could not fully restore the previous state: {exc}", level="error")

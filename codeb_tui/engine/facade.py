@@ -39,7 +39,7 @@ from codeb_tui.domain.model import (
 from codeb_tui.domain.status import PortsReport, SlotStatus
 from codeb_tui.engine import cleanup as cleanup_procedure
 from codeb_tui.engine import deploy as deploy_procedure
-from codeb_tui.engine import port_book, proxy_switch, switch
+from codeb_tui.engine import port_book, proxy_switch, recovery, switch
 from codeb_tui.engine import reconcile as reconcile_procedure
 from codeb_tui.engine import status as status_procedure
 from codeb_tui.engine.access import admit
@@ -68,6 +68,9 @@ class ServicesState:
     docker: bool
     caddy: bool
     database: bool
+    proxy_empty: bool = False
+    """Caddy answers but does not carry codeb's routes (restarted empty): nothing is served
+    until `reconcile --repair` loads them again."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,14 @@ class Engine:
     async def _record(self, run: OperationRun, terminal: events.Event) -> None:
         await record_operation(self._ctx, run, terminal)
 
+    async def _recover(self, run: OperationRun, project: str, env: Environment) -> None:
+        """Finish or undo what an interrupted operation left of this project+environment,
+        before this one changes anything (docs/architecture.md, "Faults")."""
+        pair = await self._ctx.registry.aread_slots(project, env)
+        done = await recovery.recover(self._ctx, run.log, project, env, pair)
+        for line in done:
+            run.warn(f"an earlier operation on {project} ({env.value}) was interrupted: {line}")
+
     @staticmethod
     def _validated(run: OperationRun) -> tuple[str, Environment]:
         project = validate_project_name(run.project)
@@ -168,6 +179,7 @@ class Engine:
             run.touched = True
             await self._admit_run(run, principal, "deploy", env.value)
             async with self._lock(run, name, env):
+                await self._recover(run, name, env)
                 return await deploy_procedure.deploy(self._ctx, run, name, env, image, confirm_grace)
 
         return self._operation(principal, "deploy", project, str(environment), body,
@@ -188,6 +200,7 @@ class Engine:
             run.touched = True
             await self._admit_run(run, principal, operation, env.value)
             async with self._lock(run, name, env):
+                await self._recover(run, name, env)
                 return await procedure(self._ctx, run, name, env)
 
         return self._operation(principal, operation, project, str(environment), body)
@@ -269,8 +282,16 @@ class Engine:
                 await self._ctx.history.forget()
                 return False
 
-        docker, caddy, db = await asyncio.gather(host.docker.ping(), host.caddy.ping(), database())
-        return ServicesState(docker, caddy, db)
+        docker, serves, db = await asyncio.gather(
+            host.docker.ping(), proxy_switch.proxy_serves_codeb(self._ctx), database())
+        empty = serves is False and bool(await asyncio.to_thread(self._ctx.registry.list_slot_files))
+        return ServicesState(docker, serves is not None, db, proxy_empty=empty)
+
+    async def proxy_empty(self, principal: Principal) -> bool:
+        """Whether Caddy answers without codeb's routes while projects exist (a restart)."""
+        await self._admit(principal, "status")
+        serves = await proxy_switch.proxy_serves_codeb(self._ctx)
+        return serves is False and bool(await asyncio.to_thread(self._ctx.registry.list_slot_files))
 
     def lock_holder(self, project: str, environment: Environment) -> str | None:
         """Who holds the project+environment lock and since when, None when free."""

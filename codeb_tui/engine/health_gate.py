@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from codeb_tui.domain.errors import HealthCheckFailed
 from codeb_tui.domain.model import HealthRecord, Slot, utcnow
 from codeb_tui.engine.context import Context
-from codeb_tui.engine.operation import OperationRun
 from codeb_tui.infra.docker_engine import ContainerInfo
 from codeb_tui.infra.health import HealthResult
 
 
-async def wait_healthy(ctx: Context, run: OperationRun, container: ContainerInfo,
+async def wait_healthy(ctx: Context, log: Callable[[str], None], container: ContainerInfo,
                        port: int) -> HealthRecord:
     """Docker's own health status if the image has one, then GET /health answering 2xx/3xx,
     within health.timeout."""
@@ -31,7 +31,7 @@ async def wait_healthy(ctx: Context, run: OperationRun, container: ContainerInfo
             result = await health.check(port)
             last = result.detail
             if result.ok:
-                return _healthy(ctx, run, result)
+                return _healthy(ctx, log, result)
         info = await docker.inspect(container.id)
         if info is None:
             raise HealthCheckFailed(f"Container {container.name} disappeared during the health check")
@@ -46,11 +46,11 @@ async def wait_healthy(ctx: Context, run: OperationRun, container: ContainerInfo
                 result = await health.check(port)
                 last = result.detail
                 if result.ok:
-                    return _healthy(ctx, run, result)
+                    return _healthy(ctx, log, result)
             else:
                 last = f"docker health {info.health}"
         if last != announced:
-            run.log(f"waiting: {last}")
+            log(f"waiting: {last}")
             announced = last
         if time.monotonic() >= deadline:
             raise HealthCheckFailed(
@@ -59,14 +59,16 @@ async def wait_healthy(ctx: Context, run: OperationRun, container: ContainerInfo
         await asyncio.sleep(ctx.config.health.interval)
 
 
-def _healthy(ctx: Context, run: OperationRun, result: HealthResult) -> HealthRecord:
-    run.log(f"healthy: GET {ctx.config.health.path} -> {result.detail} in {result.latency_ms:.0f} ms")
+def _healthy(ctx: Context, log: Callable[[str], None], result: HealthResult) -> HealthRecord:
+    log(f"healthy: GET {ctx.config.health.path} -> {result.detail} in {result.latency_ms:.0f} ms")
     return HealthRecord(True, result.detail, utcnow(), result.latency_ms)
 
 
 async def check_slot(ctx: Context, slot: Slot, what: str) -> HealthRecord:
     """A final check of a slot that should be serving: its container runs and /health answers."""
-    info = await ctx.host.docker.inspect(slot.container_name or slot.container_id or "")
+    # By id: the name may be held by a container an interrupted deploy started, which never
+    # passed this gate.
+    info = await ctx.host.docker.inspect(slot.container_id or slot.container_name or "")
     if info is None or info.status != "running":
         state = "missing" if info is None else info.status
         raise HealthCheckFailed(f"{what}: container {slot.container_name} is {state}")

@@ -79,11 +79,19 @@ class History:
         return await asyncio.to_thread(self.journal.count)
 
     async def record(self, deployment: DeploymentRecord | None, audit: AuditRecord | None,
-                     slots: list[SlotRow]) -> str | None:
+                     slots: list[SlotRow], patience: float | None = None) -> str | None:
         """Write an operation's rows. Returns None, or the warning to show when the database
-        could not take them (they are then in the journal)."""
+        could not take them (they are then in the journal). With `patience`, a database not
+        connected yet gets that many seconds to connect (a refusal must not wait for a
+        database that accepts connections and never answers)."""
         try:
-            store = await self.store()
+            if patience is not None and self._store is None:
+                try:
+                    store = await asyncio.wait_for(self.store(), patience)
+                except TimeoutError:
+                    raise StoreError(f"{self.description}: no answer within {patience:g} s") from None
+            else:
+                store = await self.store()
             if slots:
                 await store.upsert_project_slots(slots)
             if deployment is not None:

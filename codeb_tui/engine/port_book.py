@@ -8,8 +8,9 @@ before the lock is taken (see `reserve_ports`).
 from __future__ import annotations
 
 import asyncio
+import uuid
 
-from codeb_tui.domain.model import Environment
+from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState
 from codeb_tui.domain.ports import PortSources, allocate_port_pair
 from codeb_tui.domain.status import (
     EnvironmentPorts,
@@ -32,10 +33,12 @@ async def seen_ports(ctx: Context) -> SeenPorts:
 
 
 async def reserve_ports(ctx: Context, project: str, env: Environment, seen: SeenPorts,
-                        actor: str) -> tuple[int, int]:
-    """Allocate a pair and write it down. `seen` may be read before the lock is taken: another
-    codeb process writes its pair into ssot.json before it starts a container on it, and
-    ssot.json is read under the lock."""
+                        actor: str) -> ProjectSlots:
+    """Allocate a pair, write it into ssot.json and write the project's slot file with both
+    slots empty, so that a process killed from here on leaves a pair its project owns rather
+    than a leak. `seen` may be read before the lock is taken: another codeb process writes its
+    pair into ssot.json before it starts a container on it, and ssot.json is read under the
+    lock."""
     registry = ctx.registry
     async with registry.global_lock("ssot", f"allocate ports for {project} ({env.value})",
                                     actor=actor):
@@ -47,17 +50,49 @@ async def reserve_ports(ctx: Context, project: str, env: Environment, seen: Seen
         ssot.allocated[blue] = project
         ssot.allocated[green] = project
         await registry.awrite_ssot(ssot)
-        return blue, green
+        empty = ProjectSlots(project, env, Slot(SlotName.BLUE, blue), Slot(SlotName.GREEN, green))
+        return await registry.awrite_slots(empty, expected_version=0)
 
 
-async def release_ports(ctx: Context, project: str, ports: tuple[int, int], actor: str) -> None:
+async def release_ports(ctx: Context, pair: ProjectSlots, actor: str) -> None:
+    """Give back the pair of a project+environment whose slots are all empty (a first deploy
+    that failed): its slot file goes, then its ports."""
     registry = ctx.registry
-    async with registry.global_lock("ssot", f"release ports of {project}", actor=actor):
+    async with registry.global_lock("ssot", f"release ports of {pair.project}", actor=actor):
+        current = await registry.aread_slots(pair.project, pair.environment)
+        if current is not None and any(s.state is not SlotState.EMPTY for s in current.slots()):
+            return  # deployed meanwhile: the pair is in use
+        await asyncio.to_thread(registry.remove_slots, pair.project, pair.environment)
         ssot = await registry.aread_ssot()
-        for port in ports:
-            if ssot.allocated.get(port) == project:
+        for port in pair.ports:
+            if ssot.allocated.get(port) == pair.project:
                 del ssot.allocated[port]
         await registry.awrite_ssot(ssot)
+
+
+async def installation_id(ctx: Context) -> str:
+    """This installation's identity, kept in ssot.json ("installation") and written on first
+    use. Containers carry it as a label; reconcile and recovery touch no container without it."""
+    if ctx.installation is None:
+        ssot = await ctx.registry.aread_ssot()
+        ident = ssot.extra.get(INSTALLATION_KEY)
+        if not _valid_installation(ident):
+            async with ctx.registry.global_lock("ssot", "record this installation's id"):
+                ssot = await ctx.registry.aread_ssot()
+                ident = ssot.extra.get(INSTALLATION_KEY)
+                if not _valid_installation(ident):
+                    ident = uuid.uuid4().hex[:16]
+                    ssot.extra[INSTALLATION_KEY] = ident
+                    await ctx.registry.awrite_ssot(ssot)
+        ctx.installation = ident
+    return ctx.installation
+
+
+INSTALLATION_KEY = "installation"
+
+
+def _valid_installation(value: object) -> bool:
+    return isinstance(value, str) and 8 <= len(value) <= 64 and value.isalnum()
 
 
 async def ports_report(ctx: Context) -> PortsReport:

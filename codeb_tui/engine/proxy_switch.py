@@ -14,10 +14,17 @@ from datetime import datetime, timezone
 
 from codeb_tui.domain.errors import ProxyApplyFailed
 from codeb_tui.domain.model import Environment, ProjectSlots
-from codeb_tui.domain.proxy import build_caddy_config, route_count, wanted_markers
+from codeb_tui.domain.proxy import (
+    SERVER_NAME,
+    build_caddy_config,
+    route_count,
+    route_tag_prefix,
+    routes_of,
+    wanted_markers,
+)
 from codeb_tui.engine.context import Context
 from codeb_tui.engine.operation import OperationRun
-from codeb_tui.registry.files import atomic_write_json
+from codeb_tui.registry.files import CorruptFile, atomic_write_json
 
 
 async def commit(ctx: Context, run: OperationRun, before: ProjectSlots | None,
@@ -28,10 +35,11 @@ async def commit(ctx: Context, run: OperationRun, before: ProjectSlots | None,
     registry = ctx.registry
     async with registry.global_lock("proxy", f"{run.operation} {run.project} ({run.environment})",
                                     actor=run.actor, on_wait=run.log):
-        pairs = await registry.aread_all()
+        pairs, corrupt = await registry.aread_all_readable()
         others = [p for p in pairs if (p.project, p.environment) != (after.project, after.environment)]
-        config = build_caddy_config(ctx.config, others + [after])
-        backup = await _load_if_changed(ctx, run, config)
+        live = await ctx.host.caddy.current()
+        config = build_caddy_config(ctx.config, others + [after], _kept_routes(live, corrupt))
+        backup = await _load_if_changed(ctx, run, config, live)
         try:
             await _set_markers(ctx, after.project, after.environment, [after])
             written = await registry.awrite_slots(after, expected_version=expected_version)
@@ -51,13 +59,15 @@ async def apply_proxy(ctx: Context, actor: str) -> dict:
     """Make the proxy serve the registry as it is: config and switch markers (reconcile,
     start-up after a Caddy restart)."""
     async with ctx.registry.global_lock("proxy", "apply proxy config", actor=actor):
-        pairs = await ctx.registry.aread_all()
-        config = build_caddy_config(ctx.config, pairs)
+        pairs, corrupt = await ctx.registry.aread_all_readable()
+        config = build_caddy_config(ctx.config, pairs,
+                                    _kept_routes(await ctx.host.caddy.current(), corrupt))
         await ctx.host.caddy.load(config)
         if ctx.config.caddy.switch_mode == "file":
             directory = ctx.config.caddy.markers
             wanted = wanted_markers(pairs)
-            present = await ctx.host.list_files(directory)
+            kept = tuple(f"{route_tag_prefix(c.project, c.environment)}." for c in corrupt)
+            present = {n for n in await ctx.host.list_files(directory) if not n.startswith(kept)}
             for name in sorted(wanted - present):
                 await ctx.host.create_file(directory / name)
             for name in sorted(n for n in present - wanted if n.endswith((".live", ".preview"))):
@@ -66,11 +76,31 @@ async def apply_proxy(ctx: Context, actor: str) -> dict:
         return config
 
 
-async def _load_if_changed(ctx: Context, run: OperationRun, config: dict) -> dict | None:
-    """Load `config` into Caddy unless it is already live. Returns the backup of what was live
+async def proxy_serves_codeb(ctx: Context) -> bool | None:
+    """Whether Caddy carries codeb's server (False: it answers but was restarted empty, or
+    someone loaded another config; None: it does not answer). The registry is then not being
+    served: `reconcile --repair` loads it again."""
+    try:
+        live = await ctx.host.caddy.current()
+    except ProxyApplyFailed:
+        return None
+    try:
+        return SERVER_NAME in live["apps"]["http"]["servers"]
+    except (KeyError, TypeError):
+        return False
+
+
+def _kept_routes(live: dict | None, corrupt: list[CorruptFile]) -> list[dict]:
+    """A slot file that cannot be read must not take its project offline: its routes stay as
+    Caddy has them until the file is restored."""
+    return routes_of(live, {route_tag_prefix(c.project, c.environment) for c in corrupt})
+
+
+async def _load_if_changed(ctx: Context, run: OperationRun, config: dict,
+                           live: dict | None) -> dict | None:
+    """Load `config` into Caddy unless it is already `live`. Returns the backup of what was live
     when a load happened, None when nothing was loaded."""
     caddy = ctx.host.caddy
-    live = await caddy.current()
     if live == config:
         run.log("proxy config unchanged: no reload")
         return None
@@ -102,7 +132,7 @@ async def _set_markers(ctx: Context, project: str, environment: Environment,
     if ctx.config.caddy.switch_mode != "file":
         return
     directory = ctx.config.caddy.markers
-    prefix = f"{project}-{environment.suffix}."
+    prefix = f"{route_tag_prefix(project, environment)}."
     present = {n for n in await ctx.host.list_files(directory) if n.startswith(prefix)}
     wanted = wanted_markers(pairs)
     for name in sorted(wanted - present):

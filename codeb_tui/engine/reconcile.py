@@ -27,19 +27,21 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from codeb_tui.engine import port_book, proxy_switch
+from codeb_tui.engine import port_book, proxy_switch, recovery
 from codeb_tui.engine.audit import slot_rows
 from codeb_tui.engine.context import Context
 from codeb_tui.domain.errors import CodebError, RegistryCorrupt
-from codeb_tui.domain.model import Environment, ProjectSlots, SlotState
+from codeb_tui.domain.model import Environment, ProjectSlots, SlotState, container_name
 from codeb_tui.domain.proxy import live_routes
 from codeb_tui.domain.status import PortConflictKind, PortsReport
 from codeb_tui.infra.docker_engine import (
     LABEL_ENVIRONMENT,
+    LABEL_INSTALLATION,
     LABEL_PROJECT,
     LABEL_SLOT,
     ContainerInfo,
 )
+from codeb_tui.registry.files import Ssot
 from codeb_tui.store.base import AuditRecord, SlotRow, StoreError
 
 # SlotRow fields compared between a file and the database, in SlotRow's order.
@@ -62,6 +64,8 @@ class DriftKind(StrEnum):
     PROXY_UNREACHABLE = "proxy_unreachable"
     CORRUPT_FILE = "corrupt_file"
     HISTORY_NOT_REPLAYED = "history_not_replayed"
+    STOPPED_CONTAINER = "stopped_container"
+    LEAKED_PORTS = "leaked_ports"
 
 
 @dataclass
@@ -285,14 +289,14 @@ async def reconcile(ctx: Context, actor: str, repair: bool = False, prune: bool 
 
     # 1. The database, Docker, Caddy and the port report are fetched all at once while the
     # files are read (once, in a worker thread: the console keeps drawing meanwhile).
-    waits: list[Any] = [_guard(_database_rows(ctx))]
+    waits: list[Any] = [_guard(_database_rows(ctx)), _guard(registry.aread_ssot())]
     if live:
         waits += [_guard(ctx.host.docker.list_slot_containers()),
                   _guard(_live_proxy(ctx)),
                   _guard(port_book.ports_report(ctx))]
     fetching = asyncio.gather(*waits)
     try:
-        all_pairs, corrupt_files = await asyncio.to_thread(_read_files, registry)
+        all_pairs, corrupt_files = await registry.aread_all_readable()
     except BaseException:
         fetching.cancel()
         # retrieved, so a cancelled run (the console's drift check) logs no "never retrieved"
@@ -304,12 +308,12 @@ async def reconcile(ctx: Context, actor: str, repair: bool = False, prune: bool 
     lap = time.perf_counter()
 
     # 2. A corrupt file is reported; its rows and containers are left alone.
-    corrupt = {(project, env) for project, env, _ in corrupt_files}
-    for project, env, error in corrupt_files:
-        if in_scope(project):
+    corrupt = {(bad.project, bad.environment.value) for bad in corrupt_files}
+    for bad in corrupt_files:
+        if in_scope(bad.project):
             report.drift.append(Drift(
-                DriftKind.CORRUPT_FILE, project, env, None,
-                f"{error}. Its database rows and containers were not compared; cannot fix: "
+                DriftKind.CORRUPT_FILE, bad.project, bad.environment.value, None,
+                f"{bad.error}. Its database rows and containers were not compared; cannot fix: "
                 "restore the file by hand", fixable=False))
     pairs = [p for p in all_pairs if in_scope(p.project)]
     file_rows: dict[SlotKey, SlotRow] = {}
@@ -363,6 +367,16 @@ async def reconcile(ctx: Context, actor: str, repair: bool = False, prune: bool 
         for key in sorted(db_drift):
             report.drift.extend(db_drift[key])
 
+    # ssot.json: readable, and every allocation held by a slot file of its project.
+    ssot, ssot_error = results[1]
+    if ssot_error is not None:
+        report.drift.append(Drift(
+            DriftKind.CORRUPT_FILE, None, None, None,
+            f"{ssot_error}. New projects cannot be given ports until it is restored; cannot fix: "
+            "restore the file by hand", fixable=False))
+    else:
+        _check_allocations(ctx, report, all_pairs, corrupt, in_scope, ssot)
+
     # History kept in the journal while the database was down (replayed on every new
     # connection; a repair tries once more).
     pending = await ctx.history.pending()
@@ -380,9 +394,12 @@ async def reconcile(ctx: Context, actor: str, repair: bool = False, prune: bool 
 
     # 4. Containers, proxy and ports.
     if live:
-        _check_containers(ctx, report, all_pairs, pairs, in_scope, corrupt, *results[1])
-        _check_proxy(ctx, report, all_pairs, in_scope, corrupt, *results[2])
-        _check_ports(ctx, report, all_pairs, in_scope, *results[3])
+        # Read, never written here: without an id no container can carry it, so none is ours.
+        installation = results[1][0].extra.get(port_book.INSTALLATION_KEY) if results[1][0] else None
+        _check_containers(ctx, report, all_pairs, pairs, in_scope, corrupt, installation,
+                          *results[2])
+        _check_proxy(ctx, report, all_pairs, in_scope, corrupt, *results[3])
+        _check_ports(report, all_pairs, in_scope, results[1][0], *results[4])
     report.timings_ms["compare"] = (time.perf_counter() - lap) * 1000
 
     # 5. Repairs.
@@ -399,8 +416,12 @@ async def reconcile(ctx: Context, actor: str, repair: bool = False, prune: bool 
                         d.fixed = True
                 except CodebError as exc:
                     report.errors.append(f"re-applying the proxy config failed: {exc}")
+        if repair:
+            await _release_leaked_ports(ctx, actor, report)
         if prune:
             await _prune(ctx, actor, report)
+        if repair:
+            await _restore_containers(ctx, actor, report)
         report.timings_ms["repair"] = (time.perf_counter() - lap) * 1000
     report.elapsed_ms = (time.perf_counter() - started) * 1000
     if (repair or prune) and store is not None:
@@ -427,23 +448,6 @@ async def _audit(actor: str, report: ReconcileReport, store: Any) -> None:
         report.errors.append(f"could not write the audit row: {exc}")
 
 
-def _read_files(registry: Any) -> tuple[list[ProjectSlots], list[tuple[str, str, str]]]:
-    """Every slot file, parsed; the corrupt ones as (project, environment, error)."""
-    pairs: list[ProjectSlots] = []
-    corrupt: list[tuple[str, str, str]] = []
-    for project, env in registry.list_slot_files():
-        try:
-            pair = registry.read_slots(project, env)
-        except RegistryCorrupt as exc:
-            corrupt.append((project, env.value, str(exc)))
-            continue
-        except CodebError:  # a file name that is not a valid project name: not codeb's
-            continue
-        if pair is not None:
-            pairs.append(pair)
-    return pairs, corrupt
-
-
 def _busy(ctx: Context, project: str, environment: str | None) -> bool:
     try:
         env = Environment.parse(environment or "")
@@ -454,8 +458,11 @@ def _busy(ctx: Context, project: str, environment: str | None) -> bool:
 
 def _check_containers(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectSlots],
                       pairs: list[ProjectSlots], in_scope, corrupt: set[tuple[str, str]],
-                      containers: list[ContainerInfo] | None,
+                      installation: str | None, containers: list[ContainerInfo] | None,
                       error: BaseException | None) -> None:
+    """Each non-empty slot's container, known by the id its slot file records, must run under
+    its name; a container of this installation that no slot references is an orphan.
+    Containers of other installations sharing the Docker engine are not looked at."""
     if error is not None or containers is None:
         report.drift.append(Drift(
             DriftKind.DOCKER_UNREACHABLE, None, None, None,
@@ -472,27 +479,37 @@ def _check_containers(ctx: Context, report: ReconcileReport, all_pairs: list[Pro
         for slot in pair.slots():
             if slot.state is SlotState.EMPTY:
                 continue
-            found = by_name.get(slot.container_name or "") or by_id.get(slot.container_id or "")
+            found = (by_id.get(slot.container_id) if slot.container_id
+                     else by_name.get(slot.container_name or ""))
             if found is not None:
                 referenced.add(found.id)
             if (pair.project, pair.environment) not in scoped:
                 continue
-            if found is not None and found.status == "running":
+            expected = container_name(pair.project, pair.environment, slot.name)
+            if found is not None and found.status == "running" and found.name == expected:
                 continue
             env = pair.environment.value
             if _busy(ctx, pair.project, env):
                 busy.add((pair.project, env))
                 continue
-            name = slot.container_name or slot.container_id or "(no container recorded)"
-            seen = "is absent" if found is None else f"is {found.status}"
+            where = f"{pair.project} ({env}) {slot.name.value} is {slot.state.value} with {slot.image}"
+            if found is None:
+                report.drift.append(Drift(
+                    DriftKind.MISSING_CONTAINER, pair.project, env, slot.name.value,
+                    f"{where} but its container {expected} is absent; cannot fix: redeploy "
+                    f"{pair.project} or clean the slot", fixable=False,
+                    container=expected, port=slot.port))
+                continue
+            seen = [f"named {found.name}"] if found.name != expected else []
+            if found.status != "running":
+                seen.append(found.status)
             report.drift.append(Drift(
-                DriftKind.MISSING_CONTAINER, pair.project, env, slot.name.value,
-                f"{pair.project} ({env}) {slot.name.value} is {slot.state.value} with "
-                f"{slot.image} but its container {name} {seen}; cannot fix: redeploy "
-                f"{pair.project} or clean the slot", fixable=False,
-                container=name, port=slot.port))
+                DriftKind.STOPPED_CONTAINER, pair.project, env, slot.name.value,
+                f"{where} but its container is {' and '.join(seen)}; --repair starts it again "
+                f"as {expected}", fixable=True, container=found.name, container_id=found.id,
+                port=slot.port))
     for container in containers:
-        if container.id in referenced:
+        if container.id in referenced or container.labels.get(LABEL_INSTALLATION) != installation:
             continue
         project = container.labels.get(LABEL_PROJECT)
         if not in_scope(project):
@@ -510,6 +527,28 @@ def _check_containers(ctx: Context, report: ReconcileReport, all_pairs: list[Pro
             fixable=True, container=container.name, container_id=container.id,
             port=container.port))
     report.busy.extend(f"{p} ({e})" for p, e in sorted(busy))
+
+
+def _check_allocations(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectSlots],
+                       corrupt: set[tuple[str, str]], in_scope, ssot: Ssot) -> None:
+    """A port ssot.json gives to a project none of whose slot files holds it was leaked (a
+    first deploy interrupted before its slot file was written)."""
+    held = {(pair.project, slot.port) for pair in all_pairs for slot in pair.slots()}
+    unreadable = {project for project, _ in corrupt}
+    leaked: dict[str, list[int]] = {}
+    for port, owner in sorted(ssot.allocated.items()):
+        if owner and (owner, port) not in held and owner not in unreadable and in_scope(owner):
+            leaked.setdefault(owner, []).append(port)
+    for owner, ports in leaked.items():
+        if any(_busy(ctx, owner, env.value) for env in Environment):
+            report.busy.append(f"{owner} (ports)")
+            continue
+        shown = ", ".join(map(str, ports))
+        report.drift.append(Drift(
+            DriftKind.LEAKED_PORTS, owner, None, None,
+            f"ssot.json allocates {shown} to {owner} but no slot file of {owner} holds "
+            f"{'them' if len(ports) > 1 else 'it'} (an interrupted first deploy); --repair "
+            "releases them", fixable=True, port=ports[0], file_value=ports))
 
 
 def _check_proxy(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectSlots], in_scope,
@@ -577,15 +616,13 @@ def _project_from_tag(tag: str) -> str | None:
     return None
 
 
-def _check_ports(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectSlots], in_scope,
-                 ports: PortsReport | None, error: BaseException | None) -> None:
+def _check_ports(report: ReconcileReport, all_pairs: list[ProjectSlots], in_scope,
+                 ssot: Ssot | None, ports: PortsReport | None,
+                 error: BaseException | None) -> None:
     if error is not None or ports is None:
         return  # Docker unreachable: already reported by the container check
     by_port = {slot.port: (pair, slot) for pair in all_pairs for slot in pair.slots()}
-    try:
-        allocated = ctx.registry.read_ssot().allocated
-    except CodebError:
-        allocated = {}
+    allocated = ssot.allocated if ssot is not None else {}
     for conflict in ports.conflicts:
         if conflict.kind not in (PortConflictKind.HELD_BY_UNKNOWN_PROCESS,
                                  PortConflictKind.OWNER_MISMATCH):
@@ -649,10 +686,7 @@ async def _prune(ctx: Context, actor: str, report: ReconcileReport) -> None:
                 async with ctx.registry.project_lock(drift.project, env, "prune orphan container",
                                                      actor=actor):
                     pair = await ctx.registry.aread_slots(drift.project, env)
-                    if pair is not None and any(
-                            s.state is not SlotState.EMPTY
-                            and (s.container_name == drift.container or s.container_id == ident)
-                            for s in pair.slots()):
+                    if drift.container_id in recovery.serving_slots(pair):
                         continue
                     await ctx.host.docker.remove(ident)
             else:
@@ -661,3 +695,52 @@ async def _prune(ctx: Context, actor: str, report: ReconcileReport) -> None:
             report.errors.append(f"removing {drift.container} failed: {exc}")
             continue
         drift.fixed = True
+
+
+async def _release_leaked_ports(ctx: Context, actor: str, report: ReconcileReport) -> None:
+    """Give back leaked allocations, checked again under the ssot lock."""
+    drifts = [d for d in report.of_kind(DriftKind.LEAKED_PORTS) if d.fixable]
+    if not drifts:
+        return
+    registry = ctx.registry
+    try:
+        async with registry.global_lock("ssot", "release leaked ports", actor=actor):
+            pairs = await registry.aread_all()
+            held = {(pair.project, slot.port) for pair in pairs for slot in pair.slots()}
+            ssot = await registry.aread_ssot()
+            for drift in drifts:
+                for port in drift.file_value:
+                    if ssot.allocated.get(port) == drift.project and (drift.project, port) not in held:
+                        del ssot.allocated[port]
+                drift.fixed = True
+            await registry.awrite_ssot(ssot)
+    except CodebError as exc:
+        report.errors.append(f"releasing leaked ports failed: {exc}")
+        for drift in drifts:
+            drift.fixed = False
+
+
+async def _restore_containers(ctx: Context, actor: str, report: ReconcileReport) -> None:
+    """Start stopped (or renamed-aside) slot containers again under their names, one
+    project+environment at a time under its lock (orphans holding a name were pruned first)."""
+    keys = sorted({(d.project, d.environment) for d in report.of_kind(DriftKind.STOPPED_CONTAINER)
+                   if d.fixable and d.project and d.environment})
+    for project, environment in keys:
+        env = Environment(environment)
+        drifts = [d for d in report.of_kind(DriftKind.STOPPED_CONTAINER)
+                  if (d.project, d.environment) == (project, environment)]
+        try:
+            async with ctx.registry.project_lock(project, env, "restart slot containers",
+                                                 actor=actor):
+                pair = await ctx.registry.aread_slots(project, env)
+                containers = await ctx.host.docker.list_slot_containers(
+                    project=project, environment=environment)
+                done = await recovery.restore_referenced(
+                    ctx, lambda line: None, project, env, pair, containers, start_stopped=True)
+        except CodebError as exc:
+            report.errors.append(f"{project} ({environment}): containers not restarted: {exc}")
+            continue
+        problems = [line for line in done if "cannot" in line or "not healthy" in line]
+        report.errors.extend(f"{project} ({environment}): {line}" for line in problems)
+        for drift in drifts:
+            drift.fixed = not problems

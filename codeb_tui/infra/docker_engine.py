@@ -25,6 +25,9 @@ LABEL_ENVIRONMENT = "codeb.environment"
 LABEL_SLOT = "codeb.slot"
 LABEL_PORT = "codeb.port"
 LABEL_IMAGE = "codeb.image"
+LABEL_INSTALLATION = "codeb.installation"
+"""Which codeb installation (registry) made the container: several may share one Docker engine,
+and one never touches another's containers."""
 
 
 @dataclass(frozen=True)
@@ -243,11 +246,16 @@ class DockerEngine:
         except docker.errors.NotFound:
             pass
 
-    async def list_slot_containers(self, all: bool = True) -> list[ContainerInfo]:
-        """Every container codeb created (by label), running or not. One list call: a sparse
-        list does not inspect each container, so one removed meanwhile cannot fail it."""
+    async def list_slot_containers(self, all: bool = True, project: str | None = None,
+                                   environment: str | None = None) -> list[ContainerInfo]:
+        """Every container codeb created (by label), running or not; only one project's (and
+        environment's) when given. One list call: a sparse list does not inspect each
+        container, so one removed meanwhile cannot fail it."""
+        labels = [LABEL_PROJECT if project is None else f"{LABEL_PROJECT}={project}"]
+        if environment is not None:
+            labels.append(f"{LABEL_ENVIRONMENT}={environment}")
         containers = await self._call(lambda c: c.containers.list(
-            all=all, sparse=True, filters={"label": LABEL_PROJECT}))
+            all=all, sparse=True, filters={"label": labels}))
         return [_sparse_info(c.attrs) for c in containers]
 
     def close(self) -> None:
@@ -266,5 +274,6 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
     return ref, "latest"
 
 
-def labels_for(project: str, environment: str, slot: str) -> dict[str, Any]:
-    return {LABEL_PROJECT: project, LABEL_ENVIRONMENT: environment, LABEL_SLOT: slot}
+def labels_for(project: str, environment: str, slot: str, installation: str) -> dict[str, Any]:
+    return {LABEL_PROJECT: project, LABEL_ENVIRONMENT: environment, LABEL_SLOT: slot,
+            LABEL_INSTALLATION: installation}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from codeb_tui.domain.durable import atomic_write
-from codeb_tui.domain.errors import RegistryCorrupt
+from codeb_tui.domain.errors import CodebError, RegistryCorrupt
 from codeb_tui.domain.model import (
     Environment,
     HealthRecord,
@@ -36,6 +36,13 @@ from codeb_tui.domain.model import (
 from codeb_tui.registry.locks import LockWaiting, file_lock, is_locked
 
 SLOT_FILE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CorruptFile:
+    project: str
+    environment: Environment
+    error: str
 
 
 @dataclass
@@ -194,6 +201,23 @@ class FileRegistry:
             if (slots := self.read_slots(project, env)) is not None
         ]
 
+    def read_all_readable(self) -> tuple[list[ProjectSlots], list[CorruptFile]]:
+        """Every slot file that parses, and the ones that do not (each with its error), so that
+        one broken project never stops the others (proxy config, reconcile)."""
+        pairs: list[ProjectSlots] = []
+        corrupt: list[CorruptFile] = []
+        for project, env in self.list_slot_files():
+            try:
+                pair = self.read_slots(project, env)
+            except RegistryCorrupt as exc:
+                corrupt.append(CorruptFile(project, env, str(exc)))
+                continue
+            except CodebError:  # a file name that is not a valid project name: not codeb's
+                continue
+            if pair is not None:
+                pairs.append(pair)
+        return pairs, corrupt
+
 
     # the same, off the event loop ----------------------------------------------------------
     # The engine runs on the console's (or the server's) loop: a file read or an fsync'd write
@@ -203,6 +227,9 @@ class FileRegistry:
 
     async def aread_all(self) -> list[ProjectSlots]:
         return await asyncio.to_thread(self.read_all)
+
+    async def aread_all_readable(self) -> tuple[list[ProjectSlots], list[CorruptFile]]:
+        return await asyncio.to_thread(self.read_all_readable)
 
     async def awrite_slots(self, slots: ProjectSlots, expected_version: int | None = None) -> ProjectSlots:
         return await asyncio.to_thread(self.write_slots, slots, expected_version)
