@@ -114,7 +114,8 @@ def prefix(docker_client):
     """A project-name prefix of this test's own; its containers are removed afterwards."""
     value = f"t{uuid.uuid4().hex[:5]}{next(_counter)}"
     yield value
-    for container in docker_client.containers.list(all=True, filters={"label": "codeb.project"}):
+    for container in docker_client.containers.list(all=True, filters={"label": "codeb.project"},
+                                                   ignore_removed=True):
         if container.labels.get("codeb.project", "").startswith(value):
             try:
                 container.remove(force=True)

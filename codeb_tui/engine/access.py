@@ -84,6 +84,9 @@ async def admit(principal: Principal, action: str, environment: str | None,
         if principal.role is None or not is_allowed(principal.role, action, environment):
             raise AccessDenied(_refusal(principal, action, environment), principal=principal)
         return principal
+    if not KEY_RE.fullmatch((principal.api_key or "").strip()):
+        # Refused on its shape alone (missing, malformed): no database is opened or created.
+        await authorize(None, principal.api_key, action, environment)
     try:
         connected = await store()
     except StoreError as exc:

@@ -70,13 +70,17 @@ async def release_ports(ctx: Context, pair: ProjectSlots, actor: str) -> None:
         await registry.awrite_ssot(ssot)
 
 
-async def installation_id(ctx: Context) -> str:
-    """This installation's identity, kept in ssot.json ("installation") and written on first
-    use. Containers carry it as a label; reconcile and recovery touch no container without it."""
+async def installation_id(ctx: Context, create: bool = True) -> str | None:
+    """This installation's identity, kept in ssot.json ("installation") and written when the
+    first container is started (`create`). Containers carry it as a label; reconcile and
+    recovery touch no container without it. None when not created yet (then no container is
+    this installation's)."""
     if ctx.installation is None:
         ssot = await ctx.registry.aread_ssot()
         ident = ssot.extra.get(INSTALLATION_KEY)
         if not _valid_installation(ident):
+            if not create:
+                return None
             async with ctx.registry.global_lock("ssot", "record this installation's id"):
                 ssot = await ctx.registry.aread_ssot()
                 ident = ssot.extra.get(INSTALLATION_KEY)

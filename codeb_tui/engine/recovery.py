@@ -46,8 +46,10 @@ async def recover(ctx: Context, log: Callable[[str], None], project: str, env: E
 async def remove_unreferenced(ctx: Context, pair: ProjectSlots | None,
                               containers: list[ContainerInfo]) -> list[str]:
     """Remove this installation's containers of the project+environment no slot references."""
-    ours = await installation_id(ctx)
     referenced = serving_slots(pair)
+    if all(c.id in referenced for c in containers):
+        return []
+    ours = await installation_id(ctx, create=False)
     done = []
     for container in containers:
         if container.id in referenced or container.labels.get(LABEL_INSTALLATION) != ours:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from codeb_tui.domain.durable import atomic_write
-from codeb_tui.domain.errors import CodebError, RegistryCorrupt
+from codeb_tui.domain.errors import RegistryCorrupt
 from codeb_tui.domain.model import (
+    PROJECT_NAME_RE,
     Environment,
     HealthRecord,
     ProjectSlots,
@@ -75,6 +76,8 @@ def _read_json(path: Path) -> Any | None:
         text = path.read_text()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise RegistryCorrupt(f"{path}: not UTF-8 text; fix or restore it by hand") from None
     except OSError as exc:
         raise RegistryCorrupt(f"{path}: cannot read: {exc.strerror}") from None
     try:
@@ -182,7 +185,12 @@ class FileRegistry:
 
     def list_slot_files(self) -> list[tuple[str, Environment]]:
         """Every project+environment that has a slot file, sorted."""
-        found = []
+        return [(project, env) for project, env, stray in self._listed() if not stray]
+
+    def _listed(self) -> list[tuple[str, Environment, bool]]:
+        """(project, environment, stray) of every `<name>-<suffix>.json` in slots/; stray when
+        the name is no project name (a hand-made copy): never read, never written."""
+        found: list[tuple[str, Environment, bool]] = []
         if not self.slots_dir.is_dir():
             return found
         suffixes = {env.suffix: env for env in Environment}
@@ -190,29 +198,37 @@ class FileRegistry:
             stem = path.stem
             for suffix, env in suffixes.items():
                 if stem.endswith("-" + suffix):
-                    found.append((stem[: -len(suffix) - 1], env))
+                    project = stem[: -len(suffix) - 1]
+                    found.append((project, env, not PROJECT_NAME_RE.fullmatch(project)))
                     break
         return found
 
+    def _stray(self, project: str, environment: Environment) -> RegistryCorrupt:
+        path = self.slots_dir / f"{project}-{environment.suffix}.json"
+        return RegistryCorrupt(f"{path}: not a codeb slot file ({project!r} is no project name); "
+                               "move it out of the registry")
+
     def read_all(self) -> list[ProjectSlots]:
-        return [
-            slots
-            for project, env in self.list_slot_files()
-            if (slots := self.read_slots(project, env)) is not None
-        ]
+        pairs = []
+        for project, env, stray in self._listed():
+            if stray:
+                raise self._stray(project, env)
+            if (slots := self.read_slots(project, env)) is not None:
+                pairs.append(slots)
+        return pairs
 
     def read_all_readable(self) -> tuple[list[ProjectSlots], list[CorruptFile]]:
         """Every slot file that parses, and the ones that do not (each with its error), so that
         one broken project never stops the others (proxy config, reconcile)."""
         pairs: list[ProjectSlots] = []
         corrupt: list[CorruptFile] = []
-        for project, env in self.list_slot_files():
+        for project, env, stray in self._listed():
             try:
+                if stray:
+                    raise self._stray(project, env)
                 pair = self.read_slots(project, env)
             except RegistryCorrupt as exc:
                 corrupt.append(CorruptFile(project, env, str(exc)))
-                continue
-            except CodebError:  # a file name that is not a valid project name: not codeb's
                 continue
             if pair is not None:
                 pairs.append(pair)
