@@ -13,10 +13,6 @@ imported lazily, so using SQLite never imports asyncpg and vice versa.
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from codeb_tui.store.base import (
@@ -29,6 +25,7 @@ from codeb_tui.store.base import (
     StoreRefused,
     TeamRow,
 )
+from codeb_tui.store.schema import Migration, load_migrations
 
 __all__ = [
     "ApiKeyRow",
@@ -43,10 +40,6 @@ __all__ = [
     "load_migrations",
     "open_store",
 ]
-
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-_MIGRATION_NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.(postgresql|sqlite)\.sql$")
-
 
 def open_store(dsn: str | None, sqlite_path: Path, connect_timeout: float, *,
                schema: str = "public") -> Store:
@@ -63,72 +56,3 @@ def open_store(dsn: str | None, sqlite_path: Path, connect_timeout: float, *,
     from codeb_tui.store.sqlite import SqliteStore
 
     return SqliteStore(Path(sqlite_path), connect_timeout=connect_timeout)
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-def load_migrations(dialect: str) -> list[Migration]:
-    """The migrations for `dialect` ("postgresql" | "sqlite"), in version order.
-
-    Files are `migrations/NNN_name.<dialect>.sql`; versions must run 1, 2, 3, ... without gaps."""
-    found: dict[int, Migration] = {}
-    for path in sorted(MIGRATIONS_DIR.iterdir()):
-        m = _MIGRATION_NAME.match(path.name)
-        if m is None or m.group(3) != dialect:
-            continue
-        version = int(m.group(1))
-        if version in found:
-            raise StoreError(f"duplicate {dialect} migration {version}: {path.name}")
-        found[version] = Migration(version, m.group(2), path.read_text(encoding="utf-8"))
-    versions = sorted(found)
-    if versions != list(range(1, len(versions) + 1)):
-        raise StoreError(f"{dialect} migrations must be numbered 1..n without gaps, got {versions}")
-    return [found[v] for v in versions]
-
-
-# --- small helpers shared by both backends ---------------------------------------------------
-
-
-def utc(value: datetime) -> datetime:
-    """`value` as an aware UTC datetime (a naive datetime is taken to be UTC already)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def clean_text(value: str | None) -> str | None:
-    """Text a database accepts: NUL characters and unpaired surrogates replaced."""
-    if value is None:
-        return None
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        value = value.encode("utf-8", "replace").decode("utf-8")
-    return value
-
-
-def one_line(exc: BaseException) -> str:
-    """A short one-line reason for `exc` ("Connection refused", not a traceback)."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    errno = getattr(exc, "errno", None)
-    if isinstance(exc, OSError) and errno:
-        # errno > 0 is a system error; < 0 is a resolver error (socket.gaierror) whose strerror
-        # is the readable part ("Name or service not known").
-        reason = os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
-        filename = getattr(exc, "filename", None)
-        return f"{reason}: {filename}" if filename else reason
-    text = " ".join(str(exc).split())
-    if text.startswith("Multiple exceptions:"):
-        # asyncio's message when every address of a host failed: name the shared cause.
-        errnos = set(re.findall(r"\[Errno (\d+)\]", text))
-        if len(errnos) == 1:
-            return os.strerror(int(errnos.pop()))
-    return text or type(exc).__name__

@@ -6,8 +6,10 @@ failure never fails an operation: callers catch `StoreError`, report it, and go 
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 
@@ -132,3 +134,46 @@ class Store(Protocol):
         StoreRefused when no key matches or it is already revoked."""
     async def find_api_key(self, key_hash: str) -> ApiKeyRow | None:
         """The key with this SHA-256 hex hash (revoked or not), or None."""
+
+
+# --- small helpers shared by both backends ---------------------------------------------------
+
+
+def utc(value: datetime) -> datetime:
+    """`value` as an aware UTC datetime (a naive datetime is taken to be UTC already)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def clean_text(value: str | None) -> str | None:
+    """Text a database accepts: NUL characters and unpaired surrogates replaced."""
+    if value is None:
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def one_line(exc: BaseException) -> str:
+    """A short one-line reason for `exc` ("Connection refused", not a traceback)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    errno = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and errno:
+        # errno > 0 is a system error; < 0 is a resolver error (socket.gaierror) whose strerror
+        # is the readable part ("Name or service not known").
+        reason = os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
+        filename = getattr(exc, "filename", None)
+        return f"{reason}: {filename}" if filename else reason
+    text = " ".join(str(exc).split())
+    if text.startswith("Multiple exceptions:"):
+        # asyncio's message when every address of a host failed: name the shared cause.
+        errnos = set(re.findall(r"\[Errno (\d+)\]", text))
+        if len(errnos) == 1:
+            return os.strerror(int(errnos.pop()))
+    return text or type(exc).__name__

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from codeb_tui.store import one_line, utc
+from codeb_tui.store.base import one_line, utc
 from codeb_tui.store.base import StoreError
 from codeb_tui.store.sql import Dialect, SqlStore
 

@@ -20,7 +20,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from codeb_tui.store import clean_text, load_migrations, one_line
+from codeb_tui.store.base import clean_text, one_line
+from codeb_tui.store.schema import load_migrations
 from codeb_tui.store.base import (
     ApiKeyRow,
     AuditRecord,

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiosqlite
 
-from codeb_tui.store import one_line, utc
+from codeb_tui.store.base import one_line, utc
 from codeb_tui.store.base import StoreError
 from codeb_tui.store.sql import Dialect, SqlStore
 
