@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from codeb_tui.domain.config import parse_config  # noqa: E402
 from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState, utcnow  # noqa: E402
+from codeb_tui.domain.status import Health  # noqa: E402
+from codeb_tui.engine.facade import Engine  # noqa: E402
 from codeb_tui.registry.files import FileRegistry, Ssot  # noqa: E402
 
 RANGES = {"production": (24000, 24999), "staging": (25000, 25999), "preview": (26000, 26999)}
@@ -87,6 +89,7 @@ async def bench(args) -> None:
     ports = write_registry(tmp / "registry", args.projects)
     server = subprocess.Popen([sys.executable, "-c", SERVER, *map(str, ports)],
                               stdout=subprocess.PIPE, text=True)
+    engine: Engine | None = None
     try:
         assert server.stdout.readline().strip() == "ready"
         config = parse_config({
@@ -98,10 +101,11 @@ async def bench(args) -> None:
             "database": {"sqlite_path": str(tmp / "codeb.sqlite3")},
             "console": {"poll_interval": args.poll_interval},
         })
-        from codeb_tui.tui.app import CodebApp  # timed: importing Textual is part of start-up
+        from codeb_tui.tui.app import CodebApp  # Textual only now: the registry is written without it
 
         started = time.perf_counter()
-        app = CodebApp(config)
+        engine = Engine(config)
+        app = CodebApp(config, engine=engine)
         async with app.run_test(size=(200, 50)) as pilot:
             main = app.screen
             expected = args.projects * 3
@@ -109,11 +113,12 @@ async def bench(args) -> None:
                 await pilot.pause(0.005)
             await pilot.pause()  # one refresh: the frame with every row is drawn
             first_frame = time.perf_counter() - started
-            while app.checked_at is None:
+            session = app.session
+            while session.checked_at is None:
                 await pilot.pause(0.05)
             first_live = time.perf_counter() - started
-            rows = app.status_rows
-            healthy = sum(1 for r in rows if r["health"] == "healthy")
+            rows = session.status
+            healthy = sum(1 for s in rows if s.health is Health.HEALTHY)
 
             stalls: list[float] = []
 
@@ -124,28 +129,28 @@ async def bench(args) -> None:
                     stalls.append(time.perf_counter() - t - 0.02)
 
             probe_task = asyncio.create_task(probe())
-            polls_before = app.checked_at
             cpu0, wall0 = cpu_seconds(), time.perf_counter()
             polls = 0
-            last = app.checked_at
+            last = session.checked_at
             while time.perf_counter() - wall0 < args.duration:
                 await pilot.pause(0.1)
-                if app.checked_at != last:
-                    polls, last = polls + 1, app.checked_at
+                if session.checked_at != last:
+                    polls, last = polls + 1, session.checked_at
             cpu = cpu_seconds() - cpu0
             wall = time.perf_counter() - wall0
             probe_task.cancel()
-            del polls_before
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"slots                    {len(rows)} ({healthy} healthy at the first live poll)")
         print(f"first complete frame     {first_frame:.2f} s   (target < 1.5 s)")
         print(f"first live health poll   {first_live:.2f} s")
         print(f"live polling CPU         {100 * cpu / wall:.1f} % of one core over {wall:.0f} s "
-              f"(target < 15 %); {polls} polls, period {app.poll_period or 0:.1f} s")
+              f"(target < 15 %); {polls} polls, period {session.poll_period or 0:.1f} s")
         print(f"worst event-loop stall   {1000 * max(stalls or [0]):.0f} ms "
               f"(p99 {1000 * sorted(stalls)[int(len(stalls) * 0.99)] if stalls else 0:.0f} ms)")
         print(f"peak RSS                 {peak_mb:.0f} MB   (target < 150 MB)")
     finally:
+        if engine is not None:
+            await engine.aclose()  # its clients and worker threads: the bench must exit
         server.terminate()
         server.wait(5)
 

@@ -9,13 +9,17 @@ import time
 import pytest
 
 from codeb_tui.engine.facade import Engine
+from codeb_tui.domain.access import Principal
 from codeb_tui.domain.errors import ConfigError
 from codeb_tui.domain.model import Environment
 from codeb_tui.tui.app import CodebApp
+from codeb_tui.tui.commands import OperationCommands
 from codeb_tui.tui.screens.confirm import ConfirmModal
 from codeb_tui.tui.screens.deploy import DeployModal
 from codeb_tui.tui.screens.main import MainScreen
-from conftest import collect, image, terminal, through_caddy
+from codeb_tui.tui.widgets.slot_table import SlotTable
+from conftest import LOCAL, collect, image, terminal, through_caddy
+from test_tui_snapshots import ENVIRONMENTS, fixed_registry
 
 from codeb_tui.domain import events
 
@@ -45,8 +49,8 @@ async def test_deploy_promote_rollback_by_keys(make_config, prefix):
     project = f"{prefix}-tui"
     engine = Engine(config)
     try:
-        assert isinstance(terminal(await collect(engine.deploy(project, image("v1")))), events.Finished)
-        assert isinstance(terminal(await collect(engine.promote(project))), events.Finished)
+        assert isinstance(terminal(await collect(engine.deploy(LOCAL, project, image("v1")))), events.Finished)
+        assert isinstance(terminal(await collect(engine.promote(LOCAL, project))), events.Finished)
         app = CodebApp(config, engine=engine)
         async with app.run_test(size=(120, 40)) as pilot:
             main = app.screen
@@ -62,7 +66,7 @@ async def test_deploy_promote_rollback_by_keys(make_config, prefix):
             record = app.operations[-1]
             assert record.state == "succeeded", record.lines
             assert any("health check" in line for line in record.lines)
-            pair = engine.registry.read_slots(project, Environment.PRODUCTION)
+            pair = engine.context.registry.read_slots(project, Environment.PRODUCTION)
             assert (pair.green.state.value, pair.green.image) == ("deployed", image("v2"))
             assert "v1" in await served(pilot, f"{project}.prod.test", "v1")
 
@@ -77,7 +81,7 @@ async def test_deploy_promote_rollback_by_keys(make_config, prefix):
             await until(pilot, lambda: not app.operations[-1].running and app.operations[-1].operation == "promote",
                         what="promote")
             assert app.operations[-1].state == "succeeded", app.operations[-1].lines
-            pair = engine.registry.read_slots(project, Environment.PRODUCTION)
+            pair = engine.context.registry.read_slots(project, Environment.PRODUCTION)
             assert (pair.green.state.value, pair.blue.state.value) == ("active", "grace")
             assert "v2" in await served(pilot, f"{project}.prod.test", "v2")
 
@@ -88,7 +92,7 @@ async def test_deploy_promote_rollback_by_keys(make_config, prefix):
             await until(pilot, lambda: not app.operations[-1].running and app.operations[-1].operation == "rollback",
                         what="rollback")
             assert app.operations[-1].state == "succeeded", app.operations[-1].lines
-            pair = engine.registry.read_slots(project, Environment.PRODUCTION)
+            pair = engine.context.registry.read_slots(project, Environment.PRODUCTION)
             assert (pair.blue.state.value, pair.green.state.value) == ("active", "grace")
             assert "v1" in await served(pilot, f"{project}.prod.test", "v1")
 
@@ -110,16 +114,16 @@ async def test_outside_changes_locks_and_failures_are_shown(make_config, prefix)
         async with app.run_test(size=(100, 30)) as pilot:
             main = app.screen
             # another process (here: the engine, outside the console) deploys: shown within 2 s
-            assert isinstance(terminal(await collect(engine.deploy(project, image("v1")))), events.Finished)
+            assert isinstance(terminal(await collect(engine.deploy(LOCAL, project, image("v1")))), events.Finished)
             seen = time.monotonic()
-            await until(pilot, lambda: f"{project}/production" in [r.key for r in main.shown], timeout=2.0,
-                        what="the outside deploy")
+            # the row may already show the port allocation written midway: wait for the end
+            await until(pilot, lambda: [(r.key, r.blue.state) for r in main.shown] == [
+                (f"{project}/production", "deployed")], timeout=2.0, what="the outside deploy")
             assert time.monotonic() - seen < 2.0
-            row = main.shown[0]
-            assert row.blue.state == "deployed"
 
             # a lock held by someone else: the failure names the holder
-            with engine.registry.project_lock(project, Environment.PRODUCTION, "deploy (by a colleague)"):
+            async with engine.context.registry.project_lock(project, Environment.PRODUCTION,
+                                                            "deploy (by a colleague)"):
                 app.start_operation("deploy", project, "production", image=image("v2"))
                 await until(pilot, lambda: not app.operations[-1].running, what="the refusal")
             record = app.operations[-1]
@@ -133,7 +137,7 @@ async def test_outside_changes_locks_and_failures_are_shown(make_config, prefix)
             assert "Image not found" in app.operations[-1].error
             log_text = "\n".join(main.query_one("#oplog").lines)
             assert "Image not found" in log_text
-            pair = engine.registry.read_slots(project, Environment.PRODUCTION)
+            pair = engine.context.registry.read_slots(project, Environment.PRODUCTION)
             assert pair.blue.image == image("v1")
     finally:
         await engine.aclose()
@@ -155,3 +159,44 @@ async def test_keymap_remaps_a_binding(make_config):
         await pilot.press("f5")
         await pilot.pause()
         assert type(app.screen).__name__ == "PortsScreen"
+
+
+async def test_actions_follow_the_principals_role(make_config):
+    """Keys a role may not use are not offered (footer, palette) and say why when pressed."""
+    config = make_config(environments=ENVIRONMENTS)
+    fixed_registry(config.registry.root)
+
+    async def offered(principal) -> tuple[dict[str, set[str]], str, list[str], list[str]]:
+        app = CodebApp(config, principal=principal, live=False)
+        said: list[str] = []
+        app.notify = lambda message, **kw: said.append(message)  # type: ignore[method-assign]
+        async with app.run_test(size=(120, 30)) as pilot:
+            main = app.screen
+            await until(pilot, lambda: main.shown, what="the rows")
+            keys = {}
+            for row in ("api/staging", "blog/production"):
+                main.query_one(SlotTable).move_cursor(row=[r.key for r in main.shown].index(row))
+                await pilot.pause()
+                keys[row] = {a.binding.action for a in main.active_bindings.values()}
+            await pilot.press("p")  # on blog/production
+            await pilot.pause()
+            opened = type(app.screen).__name__
+            await pilot.press("escape")
+            commands = [text for text, _, _ in OperationCommands(main, None)._commands()]
+        return keys, opened, said, commands
+
+    keys, opened, said, commands = await offered(Principal.operator("vera", "web", "viewer"))
+    for row in keys.values():
+        assert {"deploy", "deploy_new", "promote", "rollback", "cleanup", "reconcile"}.isdisjoint(row)
+        assert {"logs", "filter", "ports", "history"} <= row
+    assert opened == "MainScreen"
+    assert said == ["Access Denied: ssh:vera (role viewer, team web) may not promote in production"]
+    assert not [c for c in commands if c.startswith(("/we:promote", "/we:deploy", "/we:reconcile"))]
+    assert "/we:logs blog (production)" in commands and "/we:history (audit trail)" in commands
+
+    # a member cleans up outside production only
+    keys, opened, said, commands = await offered(Principal.operator("mo", "web", "member"))
+    assert "cleanup" in keys["api/staging"] and "cleanup" not in keys["blog/production"]
+    assert {"deploy", "promote", "reconcile"} <= keys["blog/production"]
+    assert opened == "ConfirmModal" and not said
+    assert "/we:cleanup api (staging)" in commands and "/we:cleanup blog (production)" not in commands

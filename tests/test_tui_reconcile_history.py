@@ -19,12 +19,12 @@ from codeb_tui.tui.screens.main import MainScreen
 from codeb_tui.tui.screens.new_deploy import NewDeployModal
 from codeb_tui.tui.screens.reconcile import ReconcileScreen
 from codeb_tui.tui.widgets.drift_badge import DriftBadge
-from conftest import collect, image, terminal
+from conftest import LOCAL, collect, image, terminal
 from test_tui_pilot import until
 
 
 async def _deploy(engine: Engine, project: str, tag: str = "v1", env: str = "production") -> None:
-    assert isinstance(terminal(await collect(engine.deploy(project, image(tag), env))), events.Finished)
+    assert isinstance(terminal(await collect(engine.deploy(LOCAL, project, image(tag), env))), events.Finished)
 
 
 def _delete_rows(sqlite_path, project: str) -> int:
@@ -65,7 +65,7 @@ async def test_reconcile_shows_missing_rows_and_repairs_after_confirming(make_co
             assert "2 row(s) to fix" in body and "2 missing" in body and "prune key P" in body
             await pilot.press("escape")
             await until(pilot, lambda: app.screen is screen, what="back to reconcile")
-            store = await engine.store()
+            store = await engine.context.history.store()
             assert not [r for r in await store.list_slots() if r.project == project]
 
             await pilot.press("f")
@@ -92,7 +92,7 @@ async def test_history_lists_filters_and_shows_logs(make_config, prefix):
     engine = Engine(config)
     try:
         await _deploy(engine, project)
-        assert isinstance(terminal(await collect(engine.promote(project))), events.Finished)
+        assert isinstance(terminal(await collect(engine.promote(LOCAL, project))), events.Finished)
         await _deploy(engine, project, "v2")
         app = CodebApp(config, engine=engine)
         async with app.run_test(size=(140, 40)) as pilot:
@@ -161,7 +161,7 @@ async def test_new_project_deploy_from_the_console(make_config, prefix):
             record = app.operations[-1]
             assert (record.operation, record.project, record.environment, record.state) == (
                 "deploy", project, "preview", "succeeded"), record.lines
-            pair = engine.registry.read_slots(project, Environment.PREVIEW)
+            pair = engine.context.registry.read_slots(project, Environment.PREVIEW)
             assert (pair.blue.state.value, pair.blue.image) == ("deployed", image("v1"))
             await until(pilot, lambda: f"{project}/preview" in [r.key for r in app.screen.shown], what="the row")
 
@@ -175,7 +175,7 @@ async def test_new_project_deploy_from_the_console(make_config, prefix):
             await until(pilot, lambda: app.operations[-1].project == f"{project}-2"
                         and not app.operations[-1].running, what="the failure")
             assert app.operations[-1].state == "failed" and "Image not found" in app.operations[-1].error
-            assert engine.registry.read_slots(f"{project}-2", Environment.PRODUCTION) is None
+            assert engine.context.registry.read_slots(f"{project}-2", Environment.PRODUCTION) is None
     finally:
         await engine.aclose()
 
@@ -214,7 +214,7 @@ def test_history_query_syntax():
     assert q.until == datetime(2026, 1, 15, 11, 30, tzinfo=timezone.utc)
     assert parse_query("blog", now).project == "blog"
     assert parse_query("since:1w", now).since == datetime(2026, 1, 8, 12, 0, tzinfo=timezone.utc)
-    assert parse_query("", now).store_filters()["limit"] == 200
+    assert parse_query("", now).filters()["limit"] == 200
     for bad, words in (("colour:red", "unknown key"), ("since:soon", "not a time"), ("project:", "missing"),
                        ("since:1h until:2h", "before"), ("limit:0", "limit"), ("a b", "twice")):
         try:

@@ -134,7 +134,7 @@ def _database(config, tamper: bool = True, audit: bool = False) -> None:
     import asyncio
     from dataclasses import replace
 
-    from codeb_tui.engine.facade import slot_rows
+    from codeb_tui.engine.audit import slot_rows
     from codeb_tui.store import AuditRecord, SlotRow, open_store
 
     async def write() -> None:

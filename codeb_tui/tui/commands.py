@@ -1,4 +1,5 @@
-"""The command palette offers the row actions by name: /we:deploy blog (production), ..."""
+"""The command palette offers the row actions by name: /we:deploy blog (production), ...; only
+those the principal may do."""
 
 from __future__ import annotations
 
@@ -7,22 +8,30 @@ from functools import partial
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from codeb_tui.tui import actions
-from codeb_tui.tui.rows import group_rows
+from codeb_tui.tui.screens.base import ConsoleScreen
 
 
 class OperationCommands(Provider):
     def _commands(self):
-        app = self.app
-        yield ("/we:reconcile (files vs database vs reality)", app.action_reconcile,  # type: ignore[attr-defined]
-               "Compare the slot files with the database, containers, proxy and ports; repair")
-        yield ("/we:history (audit trail)", app.action_history,  # type: ignore[attr-defined]
-               "Every operation from the database: search by project, action, team, time")
-        yield ("/we:deploy-new (project, environment, image)", partial(actions.deploy_new, app),
-               "Deploy a new project, or a project into another environment")
-        for row in sorted(group_rows(app.status_rows), key=lambda r: (r.project, r.environment)):  # type: ignore[attr-defined]
-            for name, help_text in actions.ACTIONS.items():
-                yield (f"/we:{name} {row.project} ({row.environment})",
-                       partial(getattr(actions, name), app, row), help_text)
+        screen = self.screen
+        if not isinstance(screen, ConsoleScreen):  # a dialog: nothing to offer over it
+            return
+        session, app = screen.session, self.app
+        if session.offers("reconcile"):
+            yield ("/we:reconcile (files vs database vs reality)", partial(app.run_action, "reconcile"),
+                   "Compare the slot files with the database, containers, proxy and ports; repair")
+        if session.offers("history"):
+            yield ("/we:history (audit trail)", partial(app.run_action, "history"),
+                   "Every operation from the database: search by project, action, team, time")
+        if session.offers("deploy_new"):
+            yield ("/we:deploy-new (project, environment, image)",
+                   partial(actions.deploy_new, screen, session),
+                   "Deploy a new project, or a project into another environment")
+        for row in sorted(session.rows(), key=lambda r: (r.project, r.environment)):
+            for name, (_, help_text) in actions.ROW_ACTIONS.items():
+                if session.offers(name, row.environment):
+                    yield (f"/we:{name} {row.project} ({row.environment})",
+                           partial(actions.on_row, screen, session, name, row), help_text)
 
     async def discover(self) -> Hits:
         for text, callback, help_text in self._commands():

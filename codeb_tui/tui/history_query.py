@@ -1,6 +1,6 @@
 """The history screen's search line: `project:shop action:promote team:ops since:2h`.
 
-Pure parsing (no Textual): a query becomes the keyword arguments of `Store.list_audit`.
+Pure parsing (no Textual): a query becomes the keyword arguments of `Engine.history`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class HistoryQuery:
     until: datetime | None = None
     limit: int = DEFAULT_LIMIT
 
-    def store_filters(self) -> dict:
-        """Keyword arguments for Store.list_audit."""
+    def filters(self) -> dict:
+        """Keyword arguments for Engine.history."""
         return {"project": self.project, "action": self.action, "team": self.team,
                 "since": self.since, "until": self.until, "limit": self.limit}
 

@@ -1,120 +1,135 @@
-"""The console's view model: `Engine.status()` rows (one per slot) grouped into one row per
-project+environment, with the words and colours the slot table shows. No Textual here beyond
-Rich `Text`, so it is cheap to build and easy to test."""
+"""The console's view model: the engine's `SlotStatus` records (one per slot) grouped into one row
+per project+environment. Enums stay enums until a cell is drawn; no Textual here beyond Rich
+`Text`, so it is cheap to build and easy to test."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from rich.text import Text
 
-ENV_SHORT = {"production": "prod", "staging": "stag", "preview": "prev"}
-ENV_ORDER = {"production": 0, "staging": 1, "preview": 2}
+from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState
+from codeb_tui.domain.status import Health, SlotStatus
+
+ENV_SHORT = {Environment.PRODUCTION: "prod", Environment.STAGING: "stag", Environment.PREVIEW: "prev"}
+ENV_ORDER = {env: index for index, env in enumerate(Environment)}
 STATE_STYLE = {
-    "active": "bold green",
-    "deployed": "bold cyan",
-    "grace": "bold yellow",
-    "empty": "dim",
+    SlotState.ACTIVE: "bold green",
+    SlotState.DEPLOYED: "bold cyan",
+    SlotState.GRACE: "bold yellow",
+    SlotState.EMPTY: "dim",
 }
-STATE_MARK = {"active": "●", "deployed": "◆", "grace": "◐", "empty": "○"}
+STATE_MARK = {SlotState.ACTIVE: "●", SlotState.DEPLOYED: "◆", SlotState.GRACE: "◐",
+              SlotState.EMPTY: "○"}
+STATE_ORDER = {SlotState.DEPLOYED: 0, SlotState.GRACE: 1, SlotState.ACTIVE: 2, SlotState.EMPTY: 3}
+"""Sort by state: rows waiting for a decision first."""
 SORT_KEYS = ("project", "environment", "health", "state")
-ENV_FILTERS = (None, "production", "staging", "preview")
+ENV_FILTERS: tuple[Environment | None, ...] = (None, *Environment)
+LIVE_FIELDS = ("health", "health_detail", "latency_ms", "container_status", "checked_at")
+"""What a live poll adds to the registry's word about a slot."""
 
 
-@dataclass(frozen=True)
-class SlotView:
-    name: str
-    state: str
-    port: int
-    image: str | None
-    health: str  # healthy | unhealthy | unknown | none
-    health_detail: str | None
-    latency_ms: float | None
-    container_status: str | None
-    url: str | None
-    grace_expires_at: datetime | None
-    container: str | None = None
+# --- one slot ------------------------------------------------------------------------------------
 
-    @property
-    def tag(self) -> str:
-        if not self.image:
-            return "-"
-        last = self.image.rsplit("/", 1)[-1]
-        return last.split(":", 1)[1] if ":" in last else "latest"
 
-    def health_text(self) -> Text:
-        if self.state == "empty":
-            return Text("-", style="dim")
-        if self.health == "healthy":
-            ms = f"{self.latency_ms:.0f}ms" if self.latency_ms is not None else "ok"
-            return Text(f"✓{ms}", style="green")
-        if self.health == "unhealthy":
-            return Text(f"✗{_short_detail(self.health_detail)}", style="bold red")
-        return Text("?", style="dim")
+def image_tag(slot: SlotStatus) -> str:
+    if not slot.image:
+        return "-"
+    last = slot.image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else "latest"
 
-    def cell(self, wide: bool = False) -> Text:
-        """state word (coloured, readable without colour), port, tag, health."""
-        text = Text()
-        text.append(f"{STATE_MARK.get(self.state, '?')} {self.state:<8}", style=STATE_STYLE.get(self.state, ""))
-        text.append(f" {self.port}")
-        if self.state != "empty":
-            tag = self.tag if wide or len(self.tag) <= 8 else self.tag[:7] + "…"
-            text.append(f" {tag}", style="italic")
-            text.append(" ")
-            text.append_text(self.health_text())
-        return text
+
+def health_text(slot: SlotStatus) -> Text:
+    if slot.state is SlotState.EMPTY:
+        return Text("-", style="dim")
+    if slot.health is Health.HEALTHY:
+        ms = f"{slot.latency_ms:.0f}ms" if slot.latency_ms is not None else "ok"
+        return Text(f"✓{ms}", style="green")
+    if slot.health is Health.UNHEALTHY:
+        return Text(f"✗{_short_detail(slot.health_detail)}", style="bold red")
+    return Text("?", style="dim")
+
+
+def slot_cell(slot: SlotStatus, wide: bool = False) -> Text:
+    """state word (coloured, readable without colour), port, tag, health."""
+    text = Text()
+    text.append(f"{STATE_MARK[slot.state]} {slot.state:<8}", style=STATE_STYLE[slot.state])
+    text.append(f" {slot.port}")
+    if slot.state is not SlotState.EMPTY:
+        tag = image_tag(slot)
+        tag = tag if wide or len(tag) <= 8 else tag[:7] + "…"
+        text.append(f" {tag}", style="italic")
+        text.append(" ")
+        text.append_text(health_text(slot))
+    return text
+
+
+def describe_slot(slot: SlotStatus) -> str:
+    """One line for a confirmation: name, port, image, state and health."""
+    health = slot.health_detail or slot.health
+    if slot.latency_ms is not None and slot.health is Health.HEALTHY:
+        health = f"{health} in {slot.latency_ms:.0f} ms"
+    return f"{slot.slot} (port {slot.port}) {slot.image or '-'}  [{slot.state}, {health}]"
+
+
+# --- one project+environment -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ProjectRow:
     project: str
-    environment: str
-    blue: SlotView
-    green: SlotView
-    production_url: str | None
-    version: int
+    environment: Environment
+    blue: SlotStatus
+    green: SlotStatus
     locked_by: str | None = None
     running: str | None = None  # an operation this console runs on it right now
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def key(self) -> str:
         return f"{self.project}/{self.environment}"
 
-    def slots(self) -> tuple[SlotView, SlotView]:
+    def slots(self) -> tuple[SlotStatus, SlotStatus]:
         return (self.blue, self.green)
 
-    def in_state(self, state: str) -> SlotView | None:
-        return next((s for s in self.slots() if s.state == state), None)
+    def slot(self, name: SlotName) -> SlotStatus:
+        return self.blue if name is SlotName.BLUE else self.green
+
+    def in_state(self, state: SlotState) -> SlotStatus | None:
+        return next((s for s in self.slots() if s.state is state), None)
 
     @property
-    def active(self) -> SlotView | None:
-        return self.in_state("active")
+    def active(self) -> SlotStatus | None:
+        return self.in_state(SlotState.ACTIVE)
 
     @property
-    def grace(self) -> SlotView | None:
-        return self.in_state("grace")
+    def grace(self) -> SlotStatus | None:
+        return self.in_state(SlotState.GRACE)
 
     @property
-    def deployed(self) -> SlotView | None:
-        return self.in_state("deployed")
+    def deployed(self) -> SlotStatus | None:
+        return self.in_state(SlotState.DEPLOYED)
 
-    def deploy_target(self) -> SlotView:
-        """Mirrors ProjectSlots.deploy_target: the slot that is not active (blue when new)."""
+    def deploy_target(self) -> SlotStatus:
+        """The slot a deploy goes into, by the domain's own rule."""
+        pair = ProjectSlots(self.project, self.environment,
+                            *(Slot(s.slot, s.port, s.state) for s in self.slots()))
+        return self.slot(pair.deploy_target().name)
+
+    @property
+    def production_url(self) -> str | None:
         active = self.active
-        if active is None:
-            return self.deployed or self.blue
-        return self.green if active.name == "blue" else self.blue
+        return active.url if active else None
 
     @property
     def preview_urls(self) -> list[str]:
-        return [s.url for s in self.slots() if s.url and s.state in ("deployed", "grace")]
+        return [s.url for s in self.slots()
+                if s.url and s.state in (SlotState.DEPLOYED, SlotState.GRACE)]
 
     @property
     def unhealthy(self) -> bool:
-        return any(s.health == "unhealthy" for s in self.slots() if s.state != "empty")
+        return any(s.health is Health.UNHEALTHY for s in self.slots()
+                   if s.state is not SlotState.EMPTY)
 
     def grace_left(self, now: datetime) -> str:
         grace = self.grace
@@ -123,7 +138,54 @@ class ProjectRow:
         return format_left(grace.grace_expires_at - now)
 
 
-def format_left(delta) -> str:
+def group_rows(status: list[SlotStatus]) -> list[ProjectRow]:
+    """One row per project+environment that has both its slots."""
+    by_key: dict[tuple[str, Environment], dict[SlotName, SlotStatus]] = {}
+    for slot in status:
+        by_key.setdefault(slot.key, {})[slot.slot] = slot
+    return [ProjectRow(project, environment, slots[SlotName.BLUE], slots[SlotName.GREEN])
+            for (project, environment), slots in by_key.items() if len(slots) == 2]
+
+
+def merge_health(fresh: list[SlotStatus], previous: list[SlotStatus]) -> list[SlotStatus]:
+    """Registry-only records (live=False) with the last live health kept for slots that did not
+    change (same state, port and image); a changed slot shows unknown until the next poll."""
+    before = {(s.project, s.environment, s.slot): s for s in previous}
+    merged = []
+    for slot in fresh:
+        old = before.get((slot.project, slot.environment, slot.slot))
+        if old is not None and (old.state, old.port, old.image) == (slot.state, slot.port, slot.image):
+            slot = replace(slot, **{name: getattr(old, name) for name in LIVE_FIELDS})
+        merged.append(slot)
+    return merged
+
+
+def select_rows(rows: list[ProjectRow], text: str, environment: Environment | None,
+                sort: str) -> list[ProjectRow]:
+    needle = text.strip().lower()
+    chosen = [
+        r for r in rows
+        if (environment is None or r.environment is environment)
+        and (not needle or needle in r.project
+             or any(needle in (s.image or "").lower() for s in r.slots())
+             or needle in r.environment)
+    ]
+    base = lambda r: (r.project, ENV_ORDER[r.environment])  # noqa: E731
+    if sort == "environment":
+        chosen.sort(key=lambda r: (ENV_ORDER[r.environment], r.project))
+    elif sort == "health":
+        chosen.sort(key=lambda r: (not r.unhealthy, base(r)))
+    elif sort == "state":
+        chosen.sort(key=lambda r: (min(STATE_ORDER[s.state] for s in r.slots()), base(r)))
+    else:
+        chosen.sort(key=base)
+    return chosen
+
+
+# --- words -----------------------------------------------------------------------------------------
+
+
+def format_left(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     if seconds <= 0:
         return "expired"
@@ -148,69 +210,3 @@ def _short_detail(detail: str | None) -> str:
     if detail.startswith("HTTP "):
         return detail[5:]
     return {"connection refused": "refused", "timed out": "timeout"}.get(detail, detail[:8])
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-def group_rows(status: list[dict[str, Any]]) -> list[ProjectRow]:
-    """Engine.status() rows (one per slot) -> one row per project+environment."""
-    by_key: dict[tuple[str, str], dict[str, dict]] = {}
-    for row in status:
-        by_key.setdefault((row["project"], row["environment"]), {})[row["slot"]] = row
-    out = []
-    for (project, environment), slots in by_key.items():
-        if set(slots) != {"blue", "green"}:
-            continue
-        views = {name: SlotView(
-            name=name, state=r["state"], port=r["port"], image=r.get("image"),
-            health=r.get("health") or "unknown", health_detail=r.get("health_detail"),
-            latency_ms=r.get("latency_ms"), container_status=r.get("container_status"),
-            url=r.get("url"), grace_expires_at=_parse_time(r.get("grace_expires_at")),
-            container=r.get("container"),
-        ) for name, r in slots.items()}
-        active = next((v for v in views.values() if v.state == "active"), None)
-        out.append(ProjectRow(project, environment, views["blue"], views["green"],
-                              production_url=active.url if active else None,
-                              version=slots["blue"].get("version", 0)))
-    return out
-
-
-def merge_health(fresh: list[dict[str, Any]], previous: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Registry-only rows (live=False) with the last live health kept for slots that did not
-    change (same state, port and image); a changed slot shows unknown until the next poll."""
-    keep = ("health", "health_detail", "latency_ms", "container_status")
-    before = {(r["project"], r["environment"], r["slot"]): r for r in previous}
-    merged = []
-    for row in fresh:
-        old = before.get((row["project"], row["environment"], row["slot"]))
-        if old is not None and all(old.get(k) == row.get(k) for k in ("state", "port", "image")):
-            row = {**row, **{k: old.get(k) for k in keep}}
-        merged.append(row)
-    return merged
-
-
-def select_rows(rows: list[ProjectRow], text: str, environment: str | None, sort: str) -> list[ProjectRow]:
-    needle = text.strip().lower()
-    chosen = [
-        r for r in rows
-        if (environment is None or r.environment == environment)
-        and (not needle or needle in r.project
-             or any(needle in (s.image or "").lower() for s in r.slots())
-             or needle in r.environment)
-    ]
-    base = lambda r: (r.project, ENV_ORDER.get(r.environment, 9))  # noqa: E731
-    if sort == "environment":
-        chosen.sort(key=lambda r: (ENV_ORDER.get(r.environment, 9), r.project))
-    elif sort == "health":
-        chosen.sort(key=lambda r: (not r.unhealthy, base(r)))
-    elif sort == "state":
-        order = {"deployed": 0, "grace": 1, "active": 2, "empty": 3}
-        chosen.sort(key=lambda r: (min(order.get(s.state, 9) for s in r.slots()), base(r)))
-    else:
-        chosen.sort(key=base)
-    return chosen

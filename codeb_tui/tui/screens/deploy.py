@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,10 +11,10 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from codeb_tui.domain.errors import CodebError
-from codeb_tui.domain.model import validate_image_ref
-
-if TYPE_CHECKING:
-    from codeb_tui.tui.rows import ProjectRow, SlotView
+from codeb_tui.domain.model import SlotState, validate_image_ref
+from codeb_tui.domain.status import SlotStatus
+from codeb_tui.tui.rows import ProjectRow
+from codeb_tui.tui.session import ConsoleSession
 
 
 class DeployModal(ModalScreen[str | None]):
@@ -25,8 +23,10 @@ class DeployModal(ModalScreen[str | None]):
         Binding("down", "to_list", "Pick", show=False, id="deploy-pick"),
     ]
 
-    def __init__(self, row: ProjectRow, target: SlotView, current: str | None) -> None:
+    def __init__(self, session: ConsoleSession, row: ProjectRow | None, target: SlotStatus | None,
+                 current: str | None) -> None:
         super().__init__()
+        self.session = session
         self.row = row
         self.target = target
         self.current = current
@@ -36,9 +36,9 @@ class DeployModal(ModalScreen[str | None]):
         row, target = self.row, self.target
         with Vertical(id="dialog"):
             yield Label(f"Deploy to {row.project} ({row.environment})", id="dialog-title")
-            what = f"into {target.name} (port {target.port}, now {target.state}"
+            what = f"into {target.slot} (port {target.port}, now {target.state}"
             what += f", {target.image})" if target.image else ")"
-            if target.state == "grace":
+            if target.state is SlotState.GRACE:
                 what += "  - the rollback target: you will be asked to confirm"
             yield Static(what, id="dialog-body")
             yield Input(value=self._suggested(), placeholder="image reference, e.g. 127.0.0.1:5000/app:v2",
@@ -58,16 +58,17 @@ class DeployModal(ModalScreen[str | None]):
     @work(exclusive=True, group="image-picker", exit_on_error=False)
     async def _load(self) -> None:
         status = self.query_one("#images-status", Static)
-        registry = self.app.image_registry  # type: ignore[attr-defined]
-        if registry is None:
+        engine = self.session.engine
+        if engine.image_registry_host is None:
             status.update("no docker.registry_url in the config: type the reference")
             return
         try:
-            self.references = await registry.references()
+            self.references = await engine.images(self.session.principal)
         except CodebError as exc:
             status.update(f"{exc}; type the reference")
             return
-        status.update(f"{len(self.references)} images in {registry.url}  (↓ to pick, Enter to deploy)")
+        status.update(f"{len(self.references)} images in {engine.image_registry_host}  "
+                      "(↓ to pick, Enter to deploy)")
         self._fill(self.query_one("#image", Input).value)
 
     def _fill(self, text: str) -> None:

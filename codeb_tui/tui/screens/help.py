@@ -6,43 +6,28 @@ from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-
-def all_bindings() -> list[tuple[str, Binding]]:
-    from codeb_tui.tui.app import CodebApp
-    from codeb_tui.tui.screens.confirm import ConfirmModal
-    from codeb_tui.tui.screens.deploy import DeployModal
-    from codeb_tui.tui.screens.history import HistoryScreen
-    from codeb_tui.tui.screens.logs import LogsScreen
-    from codeb_tui.tui.screens.main import MainScreen
-    from codeb_tui.tui.screens.operations import OperationsScreen
-    from codeb_tui.tui.screens.ports import PortsScreen
-    from codeb_tui.tui.screens.reconcile import ReconcileScreen
-
-    out = []
-    for where, cls in (("everywhere", CodebApp), ("main", MainScreen), ("ports", PortsScreen),
-                       ("operations", OperationsScreen), ("logs", LogsScreen),
-                       ("reconcile", ReconcileScreen), ("history", HistoryScreen),
-                       ("deploy", DeployModal), ("confirm", ConfirmModal), ("help", HelpScreen)):
-        for binding in cls.BINDINGS:
-            if isinstance(binding, Binding):
-                out.append((where, binding))
-    return out
+from codeb_tui.tui.screens.base import ConsoleScreen
+from codeb_tui.tui.session import ConsoleSession
 
 
-class HelpScreen(Screen):
+class HelpScreen(ConsoleScreen):
     BINDINGS = [Binding("escape,q", "app.pop_screen", "Back", id="help-back")]
 
+    def __init__(self, session: ConsoleSession, bindings: list[tuple[str, Binding]]) -> None:
+        """`bindings`: (where, binding) for every screen, as the App knows them."""
+        super().__init__(session)
+        self.bindings = bindings
+
     def compose(self) -> ComposeResult:
-        keymap = self.app.config.console.keymap  # type: ignore[attr-defined]
+        keymap = self.session.config.console.keymap
         table = Table(title="codeb console keys", expand=False, show_edge=False)
         table.add_column("Where")
         table.add_column("Keys", style="bold")
         table.add_column("Action")
         table.add_column("Binding id", style="dim")
-        for where, binding in all_bindings():
+        for where, binding in self.bindings:
             keys = keymap.get(binding.id or "", binding.key)
             table.add_row(where, keys, binding.tooltip or binding.description or binding.action,
                           binding.id or "")

@@ -1,25 +1,22 @@
-"""The audit trail, from the database (seed 6.2: queries go to the database): every operation by
-anyone (console, CLI, CI), searchable by project, action, team and time; the selected one's full
-log below. A database that is down is said plainly here; the rest of the console goes on."""
+"""The audit trail, from the database: every operation by anyone (console, CLI, CI), searchable
+by project, action, team and time; the selected one's full log below. A database that is down
+is said plainly here; the rest of the console goes on."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.reactive import reactive
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Log, Static
 
-from codeb_tui.store.base import AuditRecord
+from codeb_tui.domain.errors import AccessDenied
+from codeb_tui.engine.facade import AuditRecord
 from codeb_tui.tui.history_query import SYNTAX, HistoryQuery, QueryError, parse_query
-
-if TYPE_CHECKING:
-    from codeb_tui.tui.app import CodebApp
-    from codeb_tui.tui.operations import OperationRecord
+from codeb_tui.tui.operations import OperationRecord
+from codeb_tui.tui.screens.base import ConsoleScreen
+from codeb_tui.tui.session import ConsoleSession
 
 RESULT_STYLE = {"succeeded": "green", "failed": "bold red", "refused": "yellow", "denied": "bold magenta"}
 COLUMNS = ("Time (UTC)", "Action", "Project", "Env", "Result", "By", "Took", "Change")
@@ -33,7 +30,7 @@ def _by(record: AuditRecord) -> str:
     return f"{record.actor} ({record.team})" if record.team else record.actor
 
 
-class HistoryScreen(Screen):
+class HistoryScreen(ConsoleScreen):
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "Back", id="history-back"),
         Binding("slash", "search", "Search", id="history-search", tooltip="Edit the search line"),
@@ -43,10 +40,8 @@ class HistoryScreen(Screen):
     error: reactive[str | None] = reactive(None, init=False)
     """Why the last query gave nothing (database down, a query that does not parse)."""
 
-    app: CodebApp  # type: ignore[assignment]
-
-    def __init__(self, query: str = "") -> None:
-        super().__init__()
+    def __init__(self, session: ConsoleSession, query: str = "") -> None:
+        super().__init__(session)
         self.query_text = query
         self.records: list[AuditRecord] = []
         self.shown_id: str | None = None
@@ -93,7 +88,7 @@ class HistoryScreen(Screen):
     def _submit(self, text: str) -> None:
         self.query_text = text
         try:
-            query = parse_query(text, self.app.now())
+            query = parse_query(text, self.session.now())
         except QueryError as exc:
             self.error = f"search: {exc}"
             self._title(None)
@@ -103,17 +98,16 @@ class HistoryScreen(Screen):
     @work(exclusive=True, group="history", exit_on_error=False, description="audit query")
     async def _fetch(self, query: HistoryQuery) -> None:
         self._title(query, "asking the database…")
+        session = self.session
         try:
-            store = await self.app.engine.store()
-            records = await store.list_audit(**query.store_filters())
+            records = await session.engine.history(session.principal, **query.filters())
+            self.error = None
+        except AccessDenied as denied:
+            records, self.error = [], str(denied)
         except Exception as exc:  # StoreError, or a driver error that escaped it: shown, no crash
+            records = []
             self.error = (f"the database is unreachable: {exc}. The history lives in the database; "
                           "operations still work (the slot files are the truth)")
-            self.records = []
-            self._fill()
-            self._title(query)
-            return
-        self.error = None
         self.records = records
         self._fill()
         self._title(query)
@@ -121,7 +115,7 @@ class HistoryScreen(Screen):
     # drawing -------------------------------------------------------------------------------------
     def _title(self, query: HistoryQuery | None, doing: str | None = None) -> None:
         text = Text(" history ", style="bold reverse")
-        kind = (self.app.config.database.dsn and "postgresql") or "sqlite"
+        kind = (self.session.config.database.dsn and "postgresql") or "sqlite"
         text.append(f" audit trail from the database ({kind})")
         if query is not None:
             text.append(f"  {query.describe()}", style="bold")
@@ -155,7 +149,8 @@ class HistoryScreen(Screen):
         log.clear()
         self.shown_id = record.operation_id if record else None
         if record is None:
-            log.write_line("the database is unreachable" if self.error else "no operation matches")
+            # the error's first words: "the database is unreachable", "Access Denied"
+            log.write_line(self.error.split(":", 1)[0] if self.error else "no operation matches")
             return
         detail = {k: v for k, v in (record.detail or {}).items() if v not in (None, "")}
         head = (f"{record.action} {record.project or '*'} ({record.environment or '*'}) {record.result} "

@@ -1,29 +1,26 @@
-"""A container's output, followed (docker logs -f through the engine's host)."""
+"""A container's output, followed (docker logs -f, through the engine)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 
-from codeb_tui.domain.model import Environment, SlotName, container_name
+from codeb_tui.domain.model import SlotName, container_name
+from codeb_tui.tui.rows import ProjectRow
+from codeb_tui.tui.screens.base import ConsoleScreen
+from codeb_tui.tui.session import ConsoleSession
 
-if TYPE_CHECKING:
-    from codeb_tui.tui.rows import ProjectRow
 
-
-class LogsScreen(Screen):
+class LogsScreen(ConsoleScreen):
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "Back", id="logs-back"),
         Binding("b", "other_slot", "Other slot", id="logs-other-slot"),
     ]
 
-    def __init__(self, row: ProjectRow, slot: str) -> None:
-        super().__init__()
+    def __init__(self, session: ConsoleSession, row: ProjectRow, slot: SlotName) -> None:
+        super().__init__(session)
         self.row = row
         self.slot = slot
 
@@ -37,8 +34,8 @@ class LogsScreen(Screen):
 
     def _start(self) -> None:
         row = self.row
-        view = next(s for s in row.slots() if s.name == self.slot)
-        name = view.container or container_name(row.project, Environment(row.environment), SlotName(self.slot))
+        view = row.slot(self.slot)
+        name = container_name(row.project, row.environment, self.slot)  # what the engine follows
         self.query_one("#logs-title", Static).update(
             f" logs {name}  ({view.state}, {view.image or '-'})  following…")
         self.query_one(Log).clear()
@@ -47,15 +44,16 @@ class LogsScreen(Screen):
     @work(exclusive=True, group="logs", exit_on_error=False)
     async def _follow(self, name: str) -> None:
         log = self.query_one(Log)
-        docker = self.app.engine.host.docker  # type: ignore[attr-defined]
+        session = self.session
         try:
-            async for line in docker.stream_logs(name):
+            async for line in session.engine.container_logs(
+                    session.principal, self.row.project, self.row.environment, self.slot):
                 log.write_line(line)
-        except Exception as exc:  # container gone, Docker down
+        except Exception as exc:  # container gone, Docker down, access denied
             log.write_line(f"-- cannot follow {name}: {exc}")
             return
         log.write_line(f"-- {name} stopped")
 
     def action_other_slot(self) -> None:
-        self.slot = "green" if self.slot == "blue" else "blue"
+        self.slot = self.slot.other
         self._start()

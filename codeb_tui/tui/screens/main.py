@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.reactive import reactive
 from textual.containers import Horizontal
-from textual.screen import Screen
+from textual.reactive import reactive
 from textual.widgets import DataTable, Footer, Input, Log, Static
 
+from codeb_tui.domain.model import Environment, SlotState
+from codeb_tui.tui import actions
+from codeb_tui.tui.messages import MainScreenResumed, RefreshRequested
+from codeb_tui.tui.operations import OperationRecord
 from codeb_tui.tui.rows import (
     ENV_FILTERS,
     SORT_KEYS,
     ProjectRow,
     format_age,
-    group_rows,
     select_rows,
+    slot_cell,
 )
+from codeb_tui.tui.screens.base import ConsoleScreen
+from codeb_tui.tui.session import ConsoleSession
 from codeb_tui.tui.widgets.drift_badge import DriftBadge
 from codeb_tui.tui.widgets.slot_table import SlotTable
-
-if TYPE_CHECKING:
-    from codeb_tui.tui.app import CodebApp
-    from codeb_tui.tui.operations import OperationRecord
 
 WIDE_AT = 150
 """Terminal width from which the table shows every column (URLs, active slot, check age)."""
@@ -39,7 +40,7 @@ def _dot(ok: bool | None, name: str) -> Text:
     return Text(f"{name} {'up' if ok else 'DOWN'}", style="green" if ok else "bold red reverse")
 
 
-class MainScreen(Screen):
+class MainScreen(ConsoleScreen):
     BINDINGS = [
         Binding("d", "deploy", "Deploy", id="deploy", tooltip="Deploy an image into the idle slot"),
         Binding("n", "deploy_new", "New", id="deploy-new",
@@ -57,7 +58,7 @@ class MainScreen(Screen):
 
     filter_text: reactive[str] = reactive("", init=False)
     """Substring of project, environment or image the rows must contain."""
-    environment: reactive[str | None] = reactive(None, init=False)
+    environment: reactive[Environment | None] = reactive(None, init=False)
     """Only this environment's rows (None: all)."""
     sort: reactive[str] = reactive("project", init=False)
     """One of SORT_KEYS."""
@@ -66,12 +67,12 @@ class MainScreen(Screen):
     filtering: reactive[bool] = reactive(False, init=False)
     """The filter input is open."""
 
-    app: CodebApp  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, session: ConsoleSession) -> None:
+        super().__init__(session)
         self.rows: list[ProjectRow] = []
         self.shown: list[ProjectRow] = []
+        self._age: float | None = None
+        self._offered_for: Environment | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="topbar"):
@@ -91,7 +92,7 @@ class MainScreen(Screen):
         self.query_one(SlotTable).set_layout(self.wide)
         self.query_one(SlotTable).focus()
         self.refresh_rows()
-        for record in self.app.operations:
+        for record in self.session.operations:
             for line in record.lines:
                 self.query_one(Log).write_line(f"[{record.project}/{record.environment}] {line}")
 
@@ -102,7 +103,7 @@ class MainScreen(Screen):
         self.refresh_rows()
         self.refresh_services()
         self.refresh_drift()
-        self.app.check_drift_if_pending()
+        self.post_message(MainScreenResumed())
 
     # reactive watchers ---------------------------------------------------------------------------
     def watch_wide(self, wide: bool) -> None:
@@ -127,31 +128,20 @@ class MainScreen(Screen):
     def refresh_rows(self) -> None:
         if not self.is_mounted:
             return
-        app = self.app
-        registry = app.engine.registry
-        rows = group_rows(app.status_rows)
+        session = self.session
+        engine = session.engine
         decorated = []
-        for row in rows:
-            running = app.running_operation(row.project, row.environment)
-            locked = None
-            lock = registry.lock_path(f"{row.project}-{_suffix(row.environment)}")
-            try:
-                if lock.stat().st_size > 0:  # a holder record is written while it is held
-                    from codeb_tui.registry.locks import describe_holder, is_locked
-
-                    if is_locked(lock):
-                        locked = describe_holder(lock)
-            except OSError:
-                pass
+        for row in session.rows():
+            running = session.running_operation(row.project, row.environment)
+            locked = engine.lock_holder(row.project, row.environment)
             if running or locked:
-                from dataclasses import replace
-
                 row = replace(row, running=running.title if running else None, locked_by=locked)
             decorated.append(row)
         self.rows = decorated
         self.shown = select_rows(decorated, self.filter_text, self.environment, self.sort)
-        age = None if app.checked_at is None or not app.live else time.monotonic() - app.checked_at
-        self.query_one(SlotTable).show(self.shown, app.now(), age)
+        checked_at = session.checked_at
+        age = None if checked_at is None or not session.live else time.monotonic() - checked_at
+        self.query_one(SlotTable).show(self.shown, session.now(), age)
         self._age = age
         self.refresh_services()
         self.refresh_detail()
@@ -159,18 +149,15 @@ class MainScreen(Screen):
     def refresh_services(self) -> None:
         if not self.is_mounted:
             return
-        app = self.app
-        services = app.services
+        session = self.session
         bar = Text()
         bar.append(" codeb ", style="bold reverse")
         bar.append(" ")
-        if app.live:
-            bar.append_text(_dot(services.docker, "docker"))
-            bar.append("  ")
-            bar.append_text(_dot(services.caddy, "caddy"))
-            bar.append("  ")
-            bar.append_text(_dot(services.database, "db"))
-            period = app.poll_period
+        if session.live:
+            up = session.services  # None until the first check
+            dots = (("docker", up and up.docker), ("caddy", up and up.caddy), ("db", up and up.database))
+            bar.append_text(Text("  ").join(_dot(ok, name) for name, ok in dots))
+            period = session.poll_period
             bar.append(f"  poll {period:.1f}s" if period else "  poll …", style="dim")
         else:
             bar.append("live off", style="dim")
@@ -178,20 +165,21 @@ class MainScreen(Screen):
         bar.append(f"  {len(self.shown)}/{len(self.rows)} rows  env:{env}  sort:{self.sort}")
         if self.filter_text:
             bar.append(f"  filter:{self.filter_text}", style="bold")
-        running = sum(1 for r in app.operations if r.running)
+        running = sum(1 for r in session.operations if r.running)
         if running:
             bar.append(f"  {running} op(s) running", style="bold magenta")
-        if app.status_error:
-            bar.append(f"  {app.status_error}", style="bold red")
+        if session.status_error:
+            bar.append(f"  {session.status_error}", style="bold red")
         self.query_one("#topbar-text", Static).update(bar)
 
     def refresh_drift(self) -> None:
         if self.is_mounted:
-            drift = self.app.drift
+            drift = self.session.drift
             self.query_one(DriftBadge).show(drift.count, drift.by_kind)
 
     def refresh_detail(self) -> None:
         row = self.selected_row()
+        self._offer_for(row.environment if row else None)
         detail = self.query_one("#detail", Static)
         if row is None:
             detail.update(Text("no slots yet: deploy a project (d) or run `codeb deploy`", style="dim")
@@ -200,24 +188,24 @@ class MainScreen(Screen):
         text = Text()
         text.append(f"{row.project} ({row.environment})", style="bold")
         active = row.active
-        text.append(f"  active: {active.name if active else 'none'}")
-        text.append(f"  grace left: {row.grace_left(self.app.now())}")
+        text.append(f"  active: {active.slot if active else 'none'}")
+        text.append(f"  grace left: {row.grace_left(self.session.now())}")
         if row.running:
             text.append(f"  running: {row.running}", style="bold magenta")
         elif row.locked_by:
             text.append(f"  locked: {row.locked_by}", style="bold red")
         text.append(f"\n prod    {row.production_url or '-'}")
         for slot in row.slots():
-            text.append(f"\n {slot.name:<6}  ")
-            text.append_text(slot.cell(wide=True))
-            if slot.state != "empty":
+            text.append(f"\n {slot.slot:<6}  ")
+            text.append_text(slot_cell(slot, wide=True))
+            if slot.state is not SlotState.EMPTY:
                 text.append(f"  {slot.health_detail or slot.health}", style="dim")
                 if slot.container_status:
                     text.append(f"  container {slot.container_status}", style="dim")
-                if slot.url and slot.state != "active":
+                if slot.url and slot.state is not SlotState.ACTIVE:
                     text.append(f"  {slot.url}", style="dim")
-        if self.app.live:
-            text.append(f"\n checked {format_age(getattr(self, '_age', None))}", style="dim")
+        if self.session.live:
+            text.append(f"\n checked {format_age(self._age)}", style="dim")
         detail.update(text)
 
     def selected_row(self) -> ProjectRow | None:
@@ -261,52 +249,44 @@ class MainScreen(Screen):
         self.environment = ENV_FILTERS[(ENV_FILTERS.index(self.environment) + 1) % len(ENV_FILTERS)]
 
     def action_refresh(self) -> None:
-        self.app.poll_now()
+        self.post_message(RefreshRequested())
 
     # operations ----------------------------------------------------------------------------------
+    def offer_environment(self) -> Environment | None:
+        return self._offered_for
+
+    def _offer_for(self, environment: Environment | None) -> None:
+        """Row actions are offered for the selected row's environment: the footer follows it
+        (redrawn only when what is offered changes)."""
+        before = self.session.offered(self._offered_for)
+        self._offered_for = environment
+        if self.session.offered(environment) != before:
+            self.refresh_bindings()
+
     def _need_row(self) -> ProjectRow | None:
         row = self.selected_row()
         if row is None:
             self.notify("Select a row first", severity="warning")
         return row
 
-    def action_deploy(self) -> None:
+    def _on_row(self, action: str) -> None:
         if (row := self._need_row()) is not None:
-            from codeb_tui.tui.actions import deploy
+            actions.on_row(self, self.session, action, row)
 
-            deploy(self.app, row)
+    def action_deploy(self) -> None:
+        self._on_row("deploy")
 
     def action_promote(self) -> None:
-        if (row := self._need_row()) is not None:
-            from codeb_tui.tui.actions import promote
-
-            promote(self.app, row)
+        self._on_row("promote")
 
     def action_rollback(self) -> None:
-        if (row := self._need_row()) is not None:
-            from codeb_tui.tui.actions import rollback
-
-            rollback(self.app, row)
+        self._on_row("rollback")
 
     def action_cleanup(self) -> None:
-        if (row := self._need_row()) is not None:
-            from codeb_tui.tui.actions import cleanup
-
-            cleanup(self.app, row)
-
-    def action_deploy_new(self) -> None:
-        from codeb_tui.tui.actions import deploy_new
-
-        deploy_new(self.app, self.environment)
+        self._on_row("cleanup")
 
     def action_logs(self) -> None:
-        if (row := self._need_row()) is not None:
-            from codeb_tui.tui.actions import logs
+        self._on_row("logs")
 
-            logs(self.app, row)
-
-
-def _suffix(environment: str) -> str:
-    from codeb_tui.domain.model import Environment
-
-    return Environment(environment).suffix
+    def action_deploy_new(self) -> None:
+        actions.deploy_new(self, self.session, self.environment)

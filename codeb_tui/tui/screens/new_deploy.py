@@ -12,14 +12,16 @@ from textual.widgets import Input, Label, OptionList, RadioButton, RadioSet, Sta
 from codeb_tui.domain.errors import CodebError
 from codeb_tui.domain.model import Environment, validate_image_ref, validate_project_name
 from codeb_tui.tui.screens.deploy import DeployModal
+from codeb_tui.tui.session import ConsoleSession
 
 
 class NewDeployModal(DeployModal):
     """Returns (project, environment, image), or None. The name is checked with the engine's own
     rule before the dialog closes, so a bad one is shown here and never reaches an operation."""
 
-    def __init__(self, environment: str = "production", project: str = "") -> None:
-        super().__init__(None, None, None)  # type: ignore[arg-type]
+    def __init__(self, session: ConsoleSession, environment: Environment = Environment.PRODUCTION,
+                 project: str = "") -> None:
+        super().__init__(session, None, None, None)
         self.environment = environment
         self.project = project
 
@@ -34,7 +36,7 @@ class NewDeployModal(DeployModal):
             yield Static(id="new-deploy-error")
             with RadioSet(id="environment"):
                 for env in Environment:
-                    yield RadioButton(env.value, value=env.value == self.environment, name=env.value)
+                    yield RadioButton(env.value, value=env is self.environment, name=env.value)
             yield Input(placeholder="image reference, e.g. 127.0.0.1:5000/app:v1", id="image",
                         select_on_focus=False)
             yield OptionList(id="images")
@@ -45,9 +47,9 @@ class NewDeployModal(DeployModal):
         self.query_one("#project", Input).focus()
         self._load()
 
-    def chosen_environment(self) -> str:
+    def chosen_environment(self) -> Environment:
         pressed = self.query_one(RadioSet).pressed_button
-        return pressed.name if pressed is not None and pressed.name else self.environment
+        return Environment(pressed.name) if pressed is not None and pressed.name else self.environment
 
     def show_error(self, message: str | None) -> None:
         box = self.query_one("#new-deploy-error", Static)

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import Footer, Log, OptionList, Static
 from textual.widgets.option_list import Option
 
-if TYPE_CHECKING:
-    from codeb_tui.tui.operations import OperationRecord
+from codeb_tui.tui.operations import OperationRecord
+from codeb_tui.tui.screens.base import ConsoleScreen
+from codeb_tui.tui.session import ConsoleSession
 
 STATE_STYLE = {"running": "bold magenta", "succeeded": "green", "failed": "bold red",
                "refused": "yellow", "cancelled": "dim"}
 
 
-class OperationsScreen(Screen):
+class OperationsScreen(ConsoleScreen):
     BINDINGS = [Binding("escape,q", "app.pop_screen", "Back", id="operations-back")]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, session: ConsoleSession) -> None:
+        super().__init__(session)
         self.current: int | None = None
 
     def compose(self) -> ComposeResult:
@@ -36,7 +34,7 @@ class OperationsScreen(Screen):
 
     def on_mount(self) -> None:
         self._fill()
-        records = self.app.operations  # type: ignore[attr-defined]
+        records = self.session.operations
         if records:
             self._show(records[-1])
         else:
@@ -54,7 +52,7 @@ class OperationsScreen(Screen):
         highlighted = options.highlighted
         options.clear_options()
         options.add_options([Option(self._label(r), id=str(r.id))
-                             for r in reversed(self.app.operations)])  # type: ignore[attr-defined]
+                             for r in reversed(self.session.operations)])
         if highlighted is not None and highlighted < options.option_count:
             options.highlighted = highlighted
 
@@ -67,7 +65,7 @@ class OperationsScreen(Screen):
     @on(OptionList.OptionHighlighted)
     @on(OptionList.OptionSelected)
     def _picked(self, event) -> None:
-        record = self.app.operation(int(event.option.id))  # type: ignore[attr-defined]
+        record = self.session.operation(int(event.option.id))
         if record is not None and record.id != self.current:
             self._show(record)
 

@@ -1,5 +1,5 @@
 """Port ranges with used and free pairs, and every disagreement between ssot.json, running
-containers and listening sockets, explained (Engine.ports_report)."""
+containers and listening sockets, explained (Engine.ports)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,27 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from codeb_tui.domain.errors import CodebError
+from codeb_tui.domain.status import PortConflictKind, PortsReport
+from codeb_tui.tui.screens.base import ConsoleScreen
+from codeb_tui.tui.session import ConsoleSession
 
 REFRESH_EVERY = 3.0
 """Seconds between reloads of the report while the screen is visible (live mode only)."""
 
 EXPLAIN = {
-    "foreign_listener": "another program listens here; the allocator skips this pair",
-    "held_by_unknown_process": "allocated in ssot.json, yet a program that is not its container listens",
-    "container_not_in_registry": "a codeb container uses a port ssot.json does not allocate",
-    "owner_mismatch": "ssot.json and the container's label name different projects",
+    PortConflictKind.FOREIGN_LISTENER: "another program listens here; the allocator skips this pair",
+    PortConflictKind.HELD_BY_UNKNOWN_PROCESS:
+        "allocated in ssot.json, yet a program that is not its container listens",
+    PortConflictKind.CONTAINER_NOT_IN_REGISTRY:
+        "a codeb container uses a port ssot.json does not allocate",
+    PortConflictKind.OWNER_MISMATCH: "ssot.json and the container's label name different projects",
 }
 
 
-class PortsScreen(Screen):
+class PortsScreen(ConsoleScreen):
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "Back", id="ports-back"),
         Binding("r", "reload", "Reload", id="ports-reload"),
@@ -37,13 +41,13 @@ class PortsScreen(Screen):
             yield Static("loading the port report…", id="ports-report")
         yield Footer()
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._shown: dict | None = None
+    def __init__(self, session: ConsoleSession) -> None:
+        super().__init__(session)
+        self._shown: PortsReport | None = None
 
     def on_mount(self) -> None:
         self.action_reload()
-        if self.app.live:  # type: ignore[attr-defined]
+        if self.session.live:
             self.set_interval(REFRESH_EVERY, self._tick)
 
     def _tick(self) -> None:
@@ -58,7 +62,7 @@ class PortsScreen(Screen):
     async def _load(self) -> None:
         target = self.query_one("#ports-report", Static)
         try:
-            report = await self.app.engine.ports_report()  # type: ignore[attr-defined]
+            report = await self.session.engine.ports(self.session.principal)
         except CodebError as exc:
             self._shown = None
             target.update(Text(f"cannot build the port report: {exc}", style="bold red"))
@@ -68,37 +72,37 @@ class PortsScreen(Screen):
             target.update(render_report(report))
 
 
-def render_report(report: dict) -> Group:
+def render_report(report: PortsReport) -> Group:
     parts = []
     summary = Table(title="Port ranges", title_justify="left", expand=False)
     for column in ("Environment", "Range", "Used pairs", "Free pairs"):
         summary.add_column(column)
-    for env in report["environments"]:
-        low, high = env["range"]
-        summary.add_row(env["environment"], f"{low}-{high}", str(len(env["used_pairs"])),
-                        str(env["free_pairs"]))
+    for env in report.environments:
+        low, high = env.range
+        summary.add_row(env.environment.value, f"{low}-{high}", str(len(env.used_pairs)),
+                        str(env.free_pairs))
     parts.append(summary)
-    for env in report["environments"]:
-        if not env["used_pairs"]:
+    for env in report.environments:
+        if not env.used_pairs:
             continue
-        table = Table(title=f"{env['environment']}: used pairs", title_justify="left", expand=False)
+        table = Table(title=f"{env.environment}: used pairs", title_justify="left", expand=False)
         for column in ("Blue/Green", "Project (ssot.json)", "Listening", "Containers"):
             table.add_column(column)
-        for pair in env["used_pairs"]:
-            table.add_row(f"{pair['blue']}/{pair['green']}",
-                          pair["project"] or Text("(not codeb)", style="yellow"),
-                          " ".join(map(str, pair["listening"])) or "-",
-                          " ".join(pair["containers"]) or "-")
+        for pair in env.used_pairs:
+            table.add_row(f"{pair.blue}/{pair.green}",
+                          pair.project or Text("(not codeb)", style="yellow"),
+                          " ".join(map(str, pair.listening)) or "-",
+                          " ".join(pair.containers) or "-")
         parts.append(table)
-    conflicts = report["conflicts"]
+    conflicts = report.conflicts
     if conflicts:
         table = Table(title=f"{len(conflicts)} conflict(s)", title_justify="left", expand=False,
                       title_style="bold red")
         for column in ("Port", "Kind", "What it means"):
             table.add_column(column)
         for c in conflicts:
-            table.add_row(str(c["port"]), Text(c["kind"], style="bold red"),
-                          f"{c['detail']}\n({EXPLAIN.get(c['kind'], '')})")
+            table.add_row(str(c.port), Text(c.kind.value, style="bold red"),
+                          f"{c.detail}\n({EXPLAIN.get(c.kind, '')})")
         parts.append(table)
     else:
         parts.append(Text("no conflicts: ssot.json, the containers and the listening sockets agree",

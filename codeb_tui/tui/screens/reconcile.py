@@ -4,22 +4,19 @@ and the proxy) and prune (orphan containers) each go through a confirmation firs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.reactive import reactive
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from codeb_tui.domain.errors import CodebError
-from codeb_tui.engine.reconcile import Drift, DriftKind, ReconcileReport, reconcile
+from codeb_tui.domain.errors import AccessDenied
+from codeb_tui.engine.reconcile import Drift, DriftKind, ReconcileReport
+from codeb_tui.tui.messages import ReconcileApplied
+from codeb_tui.tui.screens.base import ConsoleScreen
 from codeb_tui.tui.screens.confirm import ConfirmModal
-
-if TYPE_CHECKING:
-    from codeb_tui.tui.app import CodebApp
+from codeb_tui.tui.session import ConsoleSession
 
 DATABASE_KINDS = (DriftKind.MISSING_ROW, DriftKind.STALE_ROW, DriftKind.FIELD_MISMATCH)
 STATUS_STYLE = {"fixed": "green", "fixable": "yellow", "fixable (P)": "yellow",
@@ -78,7 +75,7 @@ def prune_plan(report: ReconcileReport) -> list[str]:
     return lines
 
 
-class ReconcileScreen(Screen):
+class ReconcileScreen(ConsoleScreen):
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "Back", id="reconcile-back"),
         Binding("f,enter", "repair", "Repair", id="reconcile-repair", key_display="f/⏎",
@@ -91,10 +88,8 @@ class ReconcileScreen(Screen):
     running: reactive[str | None] = reactive(None, init=False)
     """What the worker is doing (scanning, repairing, pruning), None when idle."""
 
-    app: CodebApp  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, session: ConsoleSession) -> None:
+        super().__init__(session)
         self.report: ReconcileReport | None = None
         self.shown: list[Drift] = []
 
@@ -118,20 +113,18 @@ class ReconcileScreen(Screen):
     # the worker ----------------------------------------------------------------------------------
     @work(exclusive=True, group="reconcile", exit_on_error=False, description="reconcile")
     async def _run(self, repair: bool = False, prune: bool = False) -> None:
-        app = self.app
+        session = self.session
         self.running = "repairing" if repair else "pruning" if prune else "scanning"
         try:
-            if (repair or prune) and app.engine.api_key is not None:
-                from codeb_tui.engine.access import authorize
-
-                await authorize(await app.engine.store(), app.engine.api_key,
-                                "reconcile.prune" if prune else "reconcile.repair", None)
-            report = await reconcile(app.engine, repair=repair, prune=prune, live=app.live)
-        except (CodebError, Exception) as exc:  # noqa: BLE001 - shown on the screen, never a crash
+            report = await session.engine.reconcile(session.principal, repair=repair, prune=prune,
+                                                    live=session.live)
+        except Exception as exc:  # noqa: BLE001 - shown on the screen, never a crash
             self.running = None
+            denied = isinstance(exc, AccessDenied)  # one line, no alarm: the key said why already
             self.query_one("#reconcile-detail", Static).update(
-                Text(f"reconcile failed: {exc}", style="bold red"))
-            self.notify(str(exc), title="Reconcile failed", severity="error", timeout=15)
+                Text(str(exc) if denied else f"reconcile failed: {exc}", style="bold red"))
+            if not denied:
+                self.notify(str(exc), title="Reconcile failed", severity="error", timeout=15)
             return
         self.report = report
         self.running = None
@@ -142,15 +135,15 @@ class ReconcileScreen(Screen):
                         + (f"; {len(report.errors)} error(s)" if report.errors else ""),
                         title="Repaired" if repair else "Pruned",
                         severity="error" if report.errors else "information", timeout=8)
-            app.after_reconcile()
+            self.post_message(ReconcileApplied())
 
     # drawing -------------------------------------------------------------------------------------
     def _summarise(self) -> None:
         if not self.is_mounted:
             return
-        report, app = self.report, self.app
+        report, live = self.report, self.session.live
         text = Text(" reconcile ", style="bold reverse")
-        sources = "files vs database vs containers, proxy, ports" if app.live else \
+        sources = "files vs database vs containers, proxy, ports" if live else \
             "files vs database (live checks off)"
         text.append(f" {sources}")
         if self.running:
@@ -167,7 +160,7 @@ class ReconcileScreen(Screen):
                 text.append(f"{summary['unfixable']} cannot fix", style="red" if summary["unfixable"] else "")
             if summary["fixed"]:
                 text.append(f", {summary['fixed']} fixed", style="green")
-            if app.live:
+            if live:
                 text.append(f"  ({report.elapsed_ms:.0f} ms)", style="dim")
             if report.busy:
                 text.append(f"\n skipped (operation running): {', '.join(report.busy)}", style="dim")
@@ -243,7 +236,7 @@ class ReconcileScreen(Screen):
             self._run()
 
     def action_repair(self) -> None:
-        if (report := self._ready()) is None:
+        if self.session.refused(self.notify, "repair") or (report := self._ready()) is None:
             return
         fixable = [d for d in report.remaining
                    if d.fixable and d.kind is not DriftKind.ORPHAN_CONTAINER]
@@ -257,14 +250,14 @@ class ReconcileScreen(Screen):
             if ok:
                 self._run(repair=True)
 
-        self.app.push_screen(ConfirmModal("Repair?", repair_plan(report, self.app.live),
+        self.app.push_screen(ConfirmModal("Repair?", repair_plan(report, self.session.live),
                                           confirm_label="Repair"), answered)
 
     def action_prune(self) -> None:
-        if (report := self._ready()) is None:
+        if self.session.refused(self.notify, "prune") or (report := self._ready()) is None:
             return
         if not [d for d in report.of_kind(DriftKind.ORPHAN_CONTAINER) if not d.fixed]:
-            self.notify("No orphan containers" + ("" if self.app.live else " (live checks off: not looked for)"),
+            self.notify("No orphan containers" + ("" if self.session.live else " (live checks off: not looked for)"),
                         severity="warning")
             return
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from rich.text import Text
 from textual.widgets import DataTable
 
-from codeb_tui.tui.rows import ENV_SHORT, ProjectRow, format_age
+from codeb_tui.tui.rows import ENV_SHORT, ProjectRow, format_age, slot_cell
 
 COMPACT = ("project", "env", "blue", "green", "grace")
 WIDE = ("project", "env", "blue", "green", "active", "grace", "checked", "production", "preview")
@@ -82,12 +82,12 @@ class SlotTable(DataTable):
             name.append(" ⟳", style="bold magenta")
         elif row.locked_by:
             name.append(" ⚿", style="bold red")
-        env = row.environment if wide else ENV_SHORT.get(row.environment, row.environment)
+        env = row.environment.value if wide else ENV_SHORT[row.environment]
         grace = row.grace_left(now)
-        cells = [name, env, row.blue.cell(wide), row.green.cell(wide)]
+        cells = [name, env, slot_cell(row.blue, wide), slot_cell(row.green, wide)]
         if wide:
             active = row.active
-            cells.append(Text(active.name, style="bold green") if active else Text("none", style="dim"))
+            cells.append(Text(active.slot.value, style="bold green") if active else Text("none", style="dim"))
         cells.append(Text(grace, style="yellow" if grace != "-" else "dim"))
         if wide:
             cells.append(format_age(age))
