@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -263,7 +264,8 @@ def test_environment_overrides_are_not_read_by_parse_config(monkeypatch):
 @pytest.mark.parametrize("name", ["CODEB_CONFIG", "CODEB_API_KEY", "CODEB_SERVICES_DIR",
                                   "CODEB_SKIP_PG", "CODEB_TEST_PG_DSN", "CODEB_PG_DSN",
                                   "CODEB_CADDY_ADMIN", "CODEB_REGISTRY_URL", "CODEB_DEMO_IMAGE",
-                                  "CODEB_BUSYBOX", "CODEB_PROJECT", "CODEB_ENVIRONMENT", "CODEB_SLOT"])
+                                  "CODEB_BUSYBOX", "CODEB_PROJECT", "CODEB_ENVIRONMENT", "CODEB_SLOT",
+                                  "CODEB_SERVER"])
 def test_codeb_variables_with_another_meaning_are_not_overrides(name, tmp_path, monkeypatch):
     path = tmp_path / "c.yaml"
     path.write_text("grace_hours: 1\n")
@@ -271,3 +273,26 @@ def test_codeb_variables_with_another_meaning_are_not_overrides(name, tmp_path, 
     if name == "CODEB_CONFIG":
         monkeypatch.setenv(name, str(path))
     assert load_config(path).grace_hours == 1.0
+
+
+@pytest.mark.parametrize("api, error", [
+    ({"lsten": "127.0.0.1:1"}, "api.lsten: unknown key"),
+    ({"listen": "8700"}, "api.listen: expected host:port"),
+    ({"public_url": "api.example.com"}, "api.public_url: expected an http(s) URL"),
+    ({"domain": "https://api.example.com"}, "api.domain: expected a host name"),
+    ({"max_body_bytes": 10}, "api.max_body_bytes: must be 1024 or more"),
+    ({"rate_limit_per_minute": 0}, "api.rate_limit_per_minute: must be 1 or more"),
+    ({"request_timeout": 0}, "api.request_timeout: must be greater than 0"),
+    ({"idle_timeout": "5"}, "api.idle_timeout: expected a number"),
+])
+def test_api_section_names_the_bad_key(api, error):
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        parse_config({"api": api})
+
+
+def test_api_urls():
+    assert parse_config({}).api.url == "http://127.0.0.1:8700"
+    assert parse_config({"api": {"listen": ":9000"}}).api.dial == "127.0.0.1:9000"
+    assert parse_config({"api": {"public_url": "https://api.example.com/"}}).api.url == \
+        "https://api.example.com"
+

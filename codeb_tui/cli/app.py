@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import click
 
-from codeb_tui.cli import render
+from codeb_tui.cli import remote, render
 from codeb_tui.cli.errors import Choice, Group
 from codeb_tui.domain import events
 from codeb_tui.domain.access import ROLES, Principal
 from codeb_tui.domain.config import Config, load_config
-from codeb_tui.domain.errors import EXIT_FAILED, EXIT_OK
+from codeb_tui.domain.errors import EXIT_FAILED, EXIT_OK, ConfigError
 from codeb_tui.engine.facade import Engine, local_principal
 
 API_KEY_ENV = "CODEB_API_KEY"
@@ -48,11 +48,15 @@ _COMMON = (
     click.option("--api-key", metavar="KEY", expose_value=False,
                  callback=_remember("api_key", lambda v: v is not None),
                  help=f"API key (default: ${API_KEY_ENV}); its role must allow the command"),
+    click.option("--server", metavar="URL", expose_value=False,
+                 callback=_remember("server", lambda v: v is not None),
+                 help=f"ask a remote `codeb serve` (default: ${remote.SERVER_ENV}); "
+                      f"{', '.join(remote.OFFERED)}"),
 )
 
 
 def common_options(fn):
-    """--config, --json and --api-key, accepted both before and after the subcommand."""
+    """--config, --json, --api-key and --server, accepted before and after the subcommand."""
     for option in reversed(_COMMON):
         fn = option(fn)
     return fn
@@ -62,15 +66,19 @@ def session() -> Session:
     meta = click.get_current_context().meta
     key = meta.get("api_key", os.environ.get(API_KEY_ENV))
     principal = local_principal() if key is None else Principal.with_api_key(key)
-    return Session(load_config(meta.get("config")), principal, bool(meta.get("json")))
+    config = meta.get("config")
+    if config == "":  # `--config "$UNSET"`: never the defaults (/opt/codeb/registry) instead
+        raise ConfigError("--config: expected a file name, got ''")
+    return Session(load_config(config), principal, bool(meta.get("json")))
 
 
 def run(work: Callable[[Engine, Session], Awaitable[int | None]], s: Session | None = None) -> int:
     """Run `work` with an engine closed on every way out; None from it means done (0)."""
     s = s or session()
+    url = remote.server_url()
 
     async def main() -> int | None:
-        async with Engine(s.config) as engine:
+        async with (remote.RemoteEngine(url) if url else Engine(s.config)) as engine:
             return await work(engine, s)
 
     code = asyncio.run(main())
@@ -150,8 +158,13 @@ def cleanup(project: str | None, env: str | None, force: bool, slot: str | None)
 
 
 async def _show_status(engine: Engine, s: Session, project: str | None, env: str | None) -> None:
-    slots = await engine.status(s.principal, project, env)
-    render.emit(s.as_json, {"slots": [slot.to_json() for slot in slots]}, render.status_text(slots))
+    slots, empty = await asyncio.gather(engine.status(s.principal, project, env),
+                                        engine.proxy_empty(s.principal))
+    render.emit(s.as_json, {"slots": [slot.to_json() for slot in slots], "proxy_empty": empty},
+                render.status_text(slots))
+    if empty:
+        render.warn(["Caddy answers without codeb's routes (restarted empty?): nothing is served; "
+                     "run `codeb reconcile --repair`"])
 
 
 @command(codeb, "status", "every slot with its live health")

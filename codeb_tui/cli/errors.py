@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from codeb_tui.cli.render import printable
 from codeb_tui.domain.errors import EXIT_FAILED, EXIT_REFUSED, CodebError
 from codeb_tui.engine.facade import StoreError, StoreRefused
 
@@ -45,7 +46,7 @@ def guarded(call: Callable[[], int]) -> int:
 
 def _fail(message: str, code: int) -> int:
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    sys.stderr.write(f"codeb: {line}\n")
+    sys.stderr.write(f"codeb: {printable(line)}\n")
     return code
 
 

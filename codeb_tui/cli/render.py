@@ -28,6 +28,14 @@ KEY_NOTE = ("This is the only time the key is shown: codeb stores only its SHA-2
             "Keep it in a secret store.")
 _WIDE = 1_000_000  # never wrap nor cut a cell (long URLs, drift details)
 _TRAILING_BLANKS = re.compile(r"[ ]+((?:\x1b\[[0-9;]*m)*)$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` on one line with what a terminal would act on (newlines, escapes, carriage
+    returns) shown as `\\n`, `\\x1b`: an operation's line echoes its input before validation,
+    and a hostile project name must neither forge lines nor drive the terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None,
@@ -59,24 +67,25 @@ async def print_stream(stream: AsyncIterator[events.Event], as_json: bool) -> in
         if as_json:
             print(dumps_event(event), flush=True)
         elif not done:
-            print(event.line(), flush=True)
+            print(printable(event.line()), flush=True)
         if done:
             terminal = event
     if isinstance(terminal, events.Finished):
         if not as_json:
-            print(terminal.line())
-        _warn(terminal.warnings)
+            print(printable(terminal.line()))
+        warn(terminal.warnings)
         return EXIT_OK
     if isinstance(terminal, events.Failed):
-        _warn(terminal.warnings)
-        sys.stderr.write(f"codeb: {terminal.error}\n")
+        # One line for a failure, whatever else happened: the warnings (a database that was
+        # down, say) are in the --json event and the history, not in the way of the reason.
+        sys.stderr.write(f"codeb: {printable(terminal.error)}\n")
         return terminal.exit_code
     return EXIT_FAILED
 
 
-def _warn(warnings: list[str]) -> None:
+def warn(warnings: list[str]) -> None:
     for warning in warnings:
-        sys.stderr.write(f"warning: {warning}\n")
+        sys.stderr.write(f"warning: {printable(warning)}\n")
 
 
 # --- slots and ports ---------------------------------------------------------------------------

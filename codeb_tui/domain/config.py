@@ -36,7 +36,7 @@ OVERRIDE_PREFIX = "CODEB_"
 OVERRIDE_DELIMITER = "__"
 NOT_OVERRIDES = frozenset({
     "CODEB_CONFIG",  # the config file itself
-    "CODEB_API_KEY",
+    "CODEB_API_KEY", "CODEB_SERVER",  # the CLI's key and remote server
     # set by scripts/services.sh for the demo, tests and benches
     "CODEB_SERVICES_DIR", "CODEB_REGISTRY_URL", "CODEB_DEMO_IMAGE", "CODEB_CADDY_ADMIN",
     "CODEB_PG_DSN", "CODEB_SKIP_PG", "CODEB_BUSYBOX",
@@ -259,6 +259,49 @@ class ConsoleConfig(_Section):
     """Seconds between checks of the slot files for changes made by another process."""
 
 
+def _check_host_name(value: str) -> str:
+    labels = value.split(".")
+    if len(value) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"expected a host name like api.example.com (no scheme, port, path or "
+                         f"spaces), got {_shown(value)}")
+    return value.lower()
+
+
+HostName = Annotated[Text, AfterValidator(_check_host_name)]
+
+
+class ApiConfig(_Section):
+    """`codeb serve`: the HTTP API that CI calls."""
+
+    listen: ListenAddress = "127.0.0.1:8700"
+    public_url: HttpUrl | None = None
+    """The URL CI calls (https://api.example.com); `codeb workflow init` writes it into the
+    workflow. Default: http://<listen>."""
+    domain: HostName | None = None
+    """A host name the generated Caddy config routes to `listen`; unset: no route."""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    rate_limit_per_minute: Annotated[int, Field(ge=1)] = 60
+    """Requests per API key (or per client address without one) per minute."""
+    request_timeout: Seconds = 600.0
+    """Seconds a request that does not stream may take (a deploy pulls and waits for health);
+    after it the answer is 504 and the operation goes on to its end."""
+    idle_timeout: Seconds = 5.0
+    """Seconds a connection may wait for a complete request: idle keep-alive, unfinished
+    headers, or an unfinished body."""
+
+    @property
+    def dial(self) -> str:
+        """host:port where a client on this host reaches the server (a listen on every address
+        is reached on 127.0.0.1)."""
+        host, _, port = self.listen.rpartition(":")
+        return f"{'127.0.0.1' if host in ('', '0.0.0.0', '::', '[::]') else host}:{port}"
+
+    @property
+    def url(self) -> str:
+        """The URL CI calls: public_url, else the listen address over http."""
+        return (self.public_url or f"http://{self.dial}").rstrip("/")
+
+
 class Config(_Section):
     registry: RegistryConfig = RegistryConfig()
     environments: dict[str, EnvironmentConfig] = Field(default_factory=_default_environments)
@@ -267,6 +310,7 @@ class Config(_Section):
     health: HealthConfig = HealthConfig()
     database: DatabaseConfig = DatabaseConfig()
     console: ConsoleConfig = ConsoleConfig()
+    api: ApiConfig = ApiConfig()
     grace_hours: Annotated[float, Field(ge=0)] = 48.0
     _source: Path | None = PrivateAttr(default=None)
 
@@ -352,6 +396,8 @@ def load_config(path: str | Path | None = None) -> Config:
         return _validate({}, None, None, overrides)
     try:
         data = yaml.load(candidate.read_text(), Loader=UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{candidate}: cannot read config: not UTF-8 text") from None
     except (OSError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"{candidate}: cannot read config: {first}") from None

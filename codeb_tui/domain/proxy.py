@@ -10,7 +10,7 @@ One server on `caddy.listen`. Two ways to route a project+environment (`caddy.sw
 - `reload`: the production host routes to the active slot and each preview host to its slot;
   every switch loads a new config.
 
-Anything else gets a 404.
+With `api.domain` set, that host goes to `codeb serve` (`api.listen`). Anything else gets a 404.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def build_caddy_config(config: Config, all_slots: list[ProjectSlots],
     config: those of a project whose slot file cannot be read right now stay online."""
     routes = [_caddy_route(route, config) for route in routes_for(config, all_slots)]
     routes.extend(kept_routes)
+    if config.api.domain:
+        routes.append(_api_route(config))
     routes.append({
         "handle": [{"handler": "static_response", "status_code": 404,
                     "body": "codeb: no site for this host\n"}],
@@ -128,6 +130,19 @@ def build_caddy_config(config: Config, all_slots: list[ProjectSlots],
             }
         },
     }
+
+
+API_ROUTE_ID = "codeb-api"
+
+
+def _api_route(config: Config) -> dict[str, Any]:
+    """`api.domain` to the API server. The host matcher sits inside a subroute: reconcile holds
+    every top-level host route to be a slot's, and this one is not."""
+    inner = {"match": [{"host": [config.api.domain]}],
+             "handle": [{"handler": "reverse_proxy",
+                         "upstreams": [{"dial": config.api.dial}]}],
+             "terminal": True}
+    return {"@id": API_ROUTE_ID, "handle": [{"handler": "subroute", "routes": [inner]}]}
 
 
 def route_tag_prefix(project: str, environment: Environment) -> str:
