@@ -298,14 +298,19 @@ class LoopStalls:
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.gaps: list[tuple[float, float]] = []
+        """(seconds since the start, gap) of every stall over 50 ms, to find where they come from."""
         self._task: asyncio.Task | None = None
 
     async def _tick(self) -> None:
-        last = time.perf_counter()
+        start = last = time.perf_counter()
         while True:
             await asyncio.sleep(0.005)
             now = time.perf_counter()
-            self.worst = max(self.worst, now - last - 0.005)
+            gap = now - last - 0.005
+            if gap > 0.05:
+                self.gaps.append((round(last - start, 3), round(gap, 3)))
+            self.worst = max(self.worst, gap)
             last = now
 
     def __enter__(self) -> "LoopStalls":
