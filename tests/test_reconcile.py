@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import socket
 import sqlite3
 from dataclasses import fields
 
-import asyncpg
 import httpx
-import pytest
 
 from codeb_tui.cli import main
 from codeb_tui.domain import events
@@ -29,7 +26,7 @@ from codeb_tui.domain.proxy import build_caddy_config
 from codeb_tui.engine.reconcile import DriftKind
 from codeb_tui.store.base import SlotRow
 
-from conftest import LOCAL, PG_DSN, collect, free_ports, image, terminal, through_caddy
+from conftest import LOCAL, collect, free_ports, image, terminal, through_caddy
 
 PROD = Environment.PRODUCTION
 DOWN_DSN = "postgresql://postgres@127.0.0.1:5999/postgres"
@@ -87,23 +84,6 @@ async def test_missing_rows_after_an_outage_are_listed_and_repaired(make_config,
         await engine.aclose()
     assert await run_reconcile(path, scope) == 0
     assert capsys.readouterr().out.strip().endswith("in sync")
-
-
-@pytest.fixture
-async def fresh_pg_database():
-    """A database of this test's own on the local PostgreSQL, dropped afterwards."""
-    name = f"codeb_rec_{secrets.token_hex(5)}"
-    admin = await asyncpg.connect(PG_DSN, timeout=5)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield PG_DSN.rsplit("/", 1)[0] + "/" + name
-    admin = await asyncpg.connect(PG_DSN, timeout=5)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_twenty_operations_without_postgres_then_one_repair(make_config, prefix,

@@ -7,7 +7,6 @@ import json
 
 from codeb_tui.domain import events
 from codeb_tui.domain.model import Environment, SlotState
-from codeb_tui.engine.facade import Engine
 from codeb_tui.engine.reconcile import DriftKind
 
 from conftest import LOCAL, collect, free_ports, image, run_cli, terminal, through_caddy

@@ -19,7 +19,6 @@ import secrets
 import string
 from dataclasses import dataclass, field
 from enum import StrEnum
-from datetime import datetime
 
 from codeb_tui.domain.errors import AccessDenied, BadInput
 from codeb_tui.domain.model import Environment

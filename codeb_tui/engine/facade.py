@@ -15,7 +15,6 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from codeb_tui.domain import events
 from codeb_tui.domain.access import (

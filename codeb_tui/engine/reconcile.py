@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from codeb_tui.engine import port_book, proxy_switch, recovery
 from codeb_tui.engine.audit import slot_rows
 from codeb_tui.engine.context import Context
-from codeb_tui.domain.errors import CodebError, RegistryCorrupt
+from codeb_tui.domain.errors import CodebError
 from codeb_tui.domain.model import Environment, ProjectSlots, SlotState, container_name
 from codeb_tui.domain.proxy import live_routes
 from codeb_tui.domain.status import PortConflictKind, PortsReport
