@@ -43,14 +43,9 @@ if [[ ! -e "$DEMO/registry/slots" ]]; then
   run deploy api --image "$img:v1" --env staging; run promote api --env staging
   run deploy api --image "$img:v3" --env preview
 fi
-# After a restart of the services the demo's containers are stopped and Caddy is empty: start
-# the containers, then make the proxy and the database match the registry (orphans are listed).
-stopped="$(docker ps -aq --filter label=codeb.project --filter status=exited)"
-if [[ -n "$stopped" ]]; then
-  echo "demo: starting the stopped demo containers" >&2
-  # shellcheck disable=SC2086
-  docker start $stopped >/dev/null
-fi
+# After a restart of the services the demo's containers are stopped and Caddy is empty: the
+# repair starts the slots' containers again and makes the proxy and the database match the
+# registry (it touches no container of another installation).
 "$codeb" reconcile --repair >/dev/null || true
 
 echo "demo: config $CODEB_CONFIG; try: curl -H 'Host: shop.demo.test' http://127.0.0.1:8080/" >&2
