@@ -53,13 +53,23 @@ def repair_plan(report: ReconcileReport, live: bool) -> list[str]:
                      "is re-applied (one reload, switch markers set)")
     else:
         lines.append("Proxy: matches the files; not touched")
+    stopped = [d for d in todo if d.kind is DriftKind.STOPPED_CONTAINER]
+    if stopped:
+        lines.append(f"Stopped slot containers ({len(stopped)}): started again under their names "
+                     "(waiting for their health)")
+    leaked = [d for d in todo if d.kind is DriftKind.LEAKED_PORTS]
+    if leaked:
+        lines.append(f"Leaked port pairs ({len(leaked)}): given back in ssot.json")
+    journal = [d for d in todo if d.kind is DriftKind.HISTORY_NOT_REPLAYED]
+    if journal:
+        lines.append("History journal: replayed into the database")
     orphans = report.of_kind(DriftKind.ORPHAN_CONTAINER)
     lines.append(f"Orphan containers ({len(orphans)}): not touched; they are only removed with "
                  "the separate prune key P (asks again)")
     unfixable = [d for d in todo if not d.fixable]
     if unfixable:
         lines.append(f"Cannot fix ({len(unfixable)}): left as they are; the table says what to do")
-    lines.append("The slot files, containers and ports are never changed by a repair.")
+    lines.append("The slot files are never changed by a repair.")
     return lines
 
 
