@@ -293,25 +293,36 @@ def locks_held_elsewhere(registry_root: Path, seconds: float, *names: str):
 
 
 class LoopStalls:
-    """Ticks every 5 ms on the running loop and keeps the longest gap between ticks: how long
-    the event loop was blocked at worst."""
+    """Ticks every 5 ms on the running loop and keeps the longest time the loop was kept from
+    ticking by its own work: the gap between ticks less the time the thread waited for a CPU
+    (/proc/thread-self/schedstat), so that a machine busy with other processes is not taken
+    for a blocked event loop."""
 
     def __init__(self) -> None:
         self.worst = 0.0
         self.gaps: list[tuple[float, float]] = []
-        """(seconds since the start, gap) of every stall over 50 ms, to find where they come from."""
+        """(seconds since the start, stall) of every stall over 50 ms, to find their source."""
         self._task: asyncio.Task | None = None
+
+    @staticmethod
+    def _runqueue_wait() -> float:
+        try:
+            with open("/proc/thread-self/schedstat") as stat:
+                return int(stat.read().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
 
     async def _tick(self) -> None:
         start = last = time.perf_counter()
+        waited = self._runqueue_wait()
         while True:
             await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            gap = now - last - 0.005
-            if gap > 0.05:
-                self.gaps.append((round(last - start, 3), round(gap, 3)))
-            self.worst = max(self.worst, gap)
-            last = now
+            now, now_waited = time.perf_counter(), self._runqueue_wait()
+            stall = now - last - 0.005 - (now_waited - waited)
+            if stall > 0.05:
+                self.gaps.append((round(last - start, 3), round(stall, 3)))
+            self.worst = max(self.worst, stall)
+            last, waited = now, now_waited
 
     def __enter__(self) -> "LoopStalls":
         self._task = asyncio.get_running_loop().create_task(self._tick())

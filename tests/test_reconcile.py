@@ -110,7 +110,7 @@ async def test_twenty_operations_without_postgres_then_one_repair(make_config, p
         assert {d.kind for d in report.drift} == {DriftKind.MISSING_ROW}
         assert len(report.drift) == 10 and all(d.fixed for d in report.drift)
         assert report.in_sync and report.errors == []
-        assert report.database.startswith("postgresql 127.0.0.1:5432/codeb_rec_")
+        assert report.database.startswith("postgresql 127.0.0.1:5432/codeb_t_")
 
         # The database is now identical to the files, field by field.
         pairs = engine.context.registry.read_all()

@@ -44,10 +44,10 @@ async def test_rollback_never_serves_the_image_an_interrupted_deploy_left_in_the
     assert any("was interrupted: removed " + name in w for w in done.warnings), done.warnings
     assert any("renamed " + name + "-replaced back" in w for w in done.warnings), done.warnings
     assert through_caddy(f"{project}.prod.test").text.startswith("healthy v1 slot=blue")
-    running = {c.name: c.image.tags for c in docker_client.containers.list(
+    running = {c.name: c.attrs["Config"]["Image"] for c in docker_client.containers.list(
         filters={"label": f"codeb.project={project}"})}
     assert sorted(running) == [name, f"codeb-{project}-prod-green"]
-    assert running[name] == [image("v1")]
+    assert running[name] == image("v1")
 
 
 async def test_a_leaked_pair_is_reported_and_released(engine, prefix, config_file):

@@ -92,6 +92,8 @@ async def restore_referenced(ctx: Context, log: Callable[[str], None], project: 
                     raise HealthCheckFailed(f"{expected} disappeared")
                 await wait_healthy(ctx, log, restarted, slot.port)
             except HealthCheckFailed as exc:
-                what += f", but it is not healthy ({exc})"
+                # Left as it was found rather than crash-looping on its restart policy.
+                await docker.stop(found.id)
+                what += f", but it is not healthy ({exc}); stopped again"
             done.append(what)
     return done
