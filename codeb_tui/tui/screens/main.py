@@ -157,6 +157,9 @@ class MainScreen(ConsoleScreen):
             up = session.services  # None until the first check
             dots = (("docker", up and up.docker), ("caddy", up and up.caddy), ("db", up and up.database))
             bar.append_text(Text("  ").join(_dot(ok, name) for name, ok in dots))
+            if up is not None and up.proxy_empty:
+                # Caddy came back without codeb's routes: nothing is served until a repair.
+                bar.append("  caddy has no routes: R repairs", style="bold red")
             period = session.poll_period
             bar.append(f"  poll {period:.1f}s" if period else "  poll …", style="dim")
         else:

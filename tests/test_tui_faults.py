@@ -1,6 +1,6 @@
-"""The console never freezes while one of its operations waits: another codeb process holds
-the project lock and the proxy lock for 10 s, the console's promote waits for them, and the
-console keeps drawing and answering keys (real Docker, registry, Caddy and SQLite)."""
+"""The console in bad moments (real Docker, registry, Caddy and SQLite): it never freezes while
+one of its operations waits for locks another process holds, and it says when Caddy came back
+empty and repairs it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from codeb_tui.engine.facade import Engine
 from codeb_tui.tui.app import CodebApp
 from codeb_tui.tui.screens.help import HelpScreen
 from codeb_tui.tui.screens.main import MainScreen
-from conftest import LOCAL, LoopStalls, collect, image, locks_held_elsewhere, terminal
+import httpx
+
+from codeb_tui.tui.screens.confirm import ConfirmModal
+from codeb_tui.tui.screens.reconcile import ReconcileScreen
+from conftest import LOCAL, LoopStalls, through_caddy, collect, image, locks_held_elsewhere, terminal
 from test_tui_pilot import until
 
 
@@ -51,5 +55,40 @@ async def test_the_console_answers_while_its_operation_waits_for_locks(make_conf
             waiting = next(line for line in record.lines if "waiting up to" in line)
             assert "deploy by a colleague" in waiting and "colleague" in waiting and "s ago" in waiting
             assert stalls.worst < 0.1, f"the console's event loop stalled: {stalls.gaps}"
+    finally:
+        await engine.aclose()
+
+
+async def test_caddy_restarted_empty_is_shown_and_repaired_from_the_console(make_config, prefix,
+                                                                           caddy):
+    config = make_config()
+    project = f"{prefix}-cold"
+    engine = Engine(config)
+    try:
+        for stream in (engine.deploy(LOCAL, project, image("v1")), engine.promote(LOCAL, project)):
+            assert isinstance(terminal(await collect(stream)), events.Finished)
+        # What a Caddy restarted without its config answers with: nothing.
+        httpx.post(f"{caddy['admin']}/load", json={"admin": {"listen": caddy["admin"].split("//")[1]}},
+                   timeout=5, trust_env=False).raise_for_status()
+        app = CodebApp(config, engine=engine)
+        async with app.run_test(size=(120, 35)) as pilot:
+            main = app.screen
+            top = main.query_one("#topbar-text")
+            await until(pilot, lambda: "caddy has no routes" in str(top.render()), timeout=15,
+                        what="the top bar to say Caddy is empty")
+            await pilot.press("R")
+            await until(pilot, lambda: isinstance(app.screen, ReconcileScreen), what="reconcile")
+            screen = app.screen
+            await until(pilot, lambda: screen.report is not None, timeout=15, what="the scan")
+            assert any(d.kind.value == "proxy_drift" for d in screen.report.drift)
+            await pilot.press("f")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the confirmation")
+            await pilot.press("shift+tab", "enter")
+            await until(pilot, lambda: screen.report is not None and screen.report.in_sync,
+                        timeout=15, what="the repair")
+            assert through_caddy(f"{project}.prod.test").text.startswith("healthy v1 slot=blue")
+            await pilot.press("escape")
+            await until(pilot, lambda: "caddy has no routes" not in str(top.render()), timeout=15,
+                        what="the top bar to clear")
     finally:
         await engine.aclose()
