@@ -165,3 +165,26 @@ async def test_a_refusal_never_waits_for_a_database_that_does_not_answer(make_co
         assert elapsed < 10, f"the refusal waited {elapsed:.1f} s for the database"
     finally:
         silent.close()
+
+
+def test_cleanup_without_env_is_denied_at_once_and_recorded(config_file, prefix, tmp_path):
+    """A member's cleanup without --env would cover production: refused in one line, and the
+    process exits (it used to hang on a store thread at shutdown); a local cleanup without
+    --env is recorded like any operation."""
+    import sqlite3
+
+    config = config_file()
+    assert run_cli("team", "create", "ops", config=config).returncode == 0
+    member = run_cli("apikey", "create", "--team", "ops", "--role", "member", config=config)
+    project = f"{prefix}-c"
+    assert run_cli("deploy", project, "--image", image("v1"), config=config).returncode == 0
+    out = run_cli("cleanup", project, "--api-key", member.stdout.strip(), config=config, timeout=30)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out
+    assert out.stderr.startswith("codeb: Access Denied: role member may not cleanup")
+    out = run_cli("cleanup", project, config=config, timeout=30)
+    assert out.returncode == 0, out.stderr
+    rows = sqlite3.connect(tmp_path / "codeb.sqlite3").execute(
+        "select action, result, environment from audit_logs where project = ? order by id",
+        (project,)).fetchall()
+    assert rows == [("deploy", "succeeded", "production"), ("cleanup", "denied", "*"),
+                    ("cleanup", "succeeded", "*")]
