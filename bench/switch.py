@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,14 @@ from codeb_tui.engine.facade import Engine, local_principal
 
 LOCAL = local_principal()
 
-ADMIN_PORT, HTTP_PORT = 2219, 18180
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# Free ports of their own, so a bench never drives another Caddy (or the demo's) by mistake.
+ADMIN_PORT, HTTP_PORT = free_port(), free_port()
 REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")
 
 
@@ -47,6 +55,8 @@ def start_caddy(root: Path) -> subprocess.Popen:
     proc = subprocess.Popen([shutil.which("caddy") or "/usr/bin/caddy", "run", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     for _ in range(150):
+        if proc.poll() is not None:
+            raise SystemExit(f"caddy exited at start (admin port {ADMIN_PORT} taken?)")
         try:
             httpx.get(f"http://127.0.0.1:{ADMIN_PORT}/config/", timeout=1)
             return proc
@@ -141,10 +151,10 @@ async def main() -> None:
     project = f"bsw{os.getpid() % 100000}"
     setup = make_engine(root, "file")
     try:
-        await must(setup.deploy(project, f"{REGISTRY}/demo/app:v1"))
-        await must(setup.promote(project))
-        await must(setup.deploy(project, f"{REGISTRY}/demo/app:v2"))
-        await must(setup.promote(project))
+        await must(setup.deploy(LOCAL, project, f"{REGISTRY}/demo/app:v1"))
+        await must(setup.promote(LOCAL, project))
+        await must(setup.deploy(LOCAL, project, f"{REGISTRY}/demo/app:v2"))
+        await must(setup.promote(LOCAL, project))
         results = {}
         for mode in args.modes.split(","):
             results[mode] = await measure(root, project, mode, args.switches, args.concurrency)
@@ -168,9 +178,9 @@ async def main() -> None:
             print(f"ratio p50 latency {mode}/{first}: "
                   f"{results[mode]['p50_base'] / results[first]['p50_base']:.2f}")
     finally:
-        for c in (await setup.host.docker.list_slot_containers()):
+        for c in (await setup.context.host.docker.list_slot_containers()):
             if c.labels.get("codeb.project") == project:
-                await setup.host.docker.remove(c.id)
+                await setup.context.host.docker.remove(c.id)
         await setup.aclose()
         caddy.terminate()
         caddy.wait(10)

@@ -31,6 +31,7 @@ from codeb_tui.domain.errors import AccessDenied, BadInput
 from codeb_tui.domain.model import (
     Environment,
     SlotName,
+    SlotState,
     container_name,
     validate_image_ref,
     validate_project_name,
@@ -283,14 +284,21 @@ class Engine:
 
         docker, serves, db = await asyncio.gather(
             host.docker.ping(), proxy_switch.proxy_serves_codeb(self._ctx), database())
-        empty = serves is False and bool(await asyncio.to_thread(self._ctx.registry.list_slot_files))
+        empty = serves is False and await self._something_to_serve()
         return ServicesState(docker, serves is not None, db, proxy_empty=empty)
 
     async def proxy_empty(self, principal: Principal) -> bool:
-        """Whether Caddy answers without codeb's routes while projects exist (a restart)."""
+        """Whether Caddy answers without codeb's routes while a slot should be served (a
+        restart)."""
         await self._admit(principal, "status")
         serves = await proxy_switch.proxy_serves_codeb(self._ctx)
-        return serves is False and bool(await asyncio.to_thread(self._ctx.registry.list_slot_files))
+        return serves is False and await self._something_to_serve()
+
+    async def _something_to_serve(self) -> bool:
+        # Read only when Caddy looks empty; all-empty slot files (a first deploy under way, or
+        # one that was killed) have nothing to route yet.
+        pairs, _ = await self._ctx.registry.aread_all_readable()
+        return any(s.state is not SlotState.EMPTY for pair in pairs for s in pair.slots())
 
     def lock_holder(self, project: str, environment: Environment) -> str | None:
         """Who holds the project+environment lock and since when, None when free."""
