@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import click
 
-from codeb_tui.api.models import HistoryEntry
 from codeb_tui.cli import render
 from codeb_tui.cli.app import Session, codeb, command, run
 from codeb_tui.domain.errors import BadInput
+
+if TYPE_CHECKING:
+    from codeb_tui.api.models import HistoryEntry
 
 
 def _when(option: str, value: str | None) -> datetime | None:
@@ -45,6 +48,10 @@ def history(project: str | None, action: str | None, team: str | None, since: st
     start, end = _when("--since", since), _when("--until", until)
 
     async def work(engine, s: Session) -> None:
+        # The API's models (pydantic, ~0.1 s to build) are loaded by the commands that use
+        # them, not by every `codeb` start.
+        from codeb_tui.api.models import HistoryEntry
+
         records = await engine.history(s.principal, project=project, action=action, team=team,
                                        since=start, until=end, limit=limit)
         entries = [HistoryEntry.model_validate(record) for record in records]

@@ -12,16 +12,18 @@ import json
 import os
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
 
-from codeb_tui.api import models
 from codeb_tui.domain import events
 from codeb_tui.domain.access import Principal
 from codeb_tui.domain.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, BadInput, CodebError
 from codeb_tui.domain.status import SlotStatus
+
+if TYPE_CHECKING:
+    from codeb_tui.api.models import HistoryEntry
 
 SERVER_ENV = "CODEB_SERVER"
 NDJSON = "application/x-ndjson"
@@ -130,6 +132,8 @@ class RemoteEngine:
         # proxy_empty() of the same gather reads this answer instead of asking again.
         self._status = asyncio.ensure_future(self._query(principal, "slot_status", {
             "projectName": project, "environment": environment, "live": live}))
+        from codeb_tui.api import models  # loaded only with --server (see cli/history.py)
+
         result = models.SlotStatusResult.model_validate(await self._status)
         return [slot.to_status() for slot in result.slots]
 
@@ -141,11 +145,13 @@ class RemoteEngine:
     async def history(self, principal: Principal, *, project: str | None = None,
                       action: str | None = None, team: str | None = None,
                       since: datetime | None = None, until: datetime | None = None,
-                      limit: int = 100) -> list[models.HistoryEntry]:
+                      limit: int = 100) -> list[HistoryEntry]:
         result = await self._query(principal, "history", {
             "projectName": project, "action": action, "team": team,
             "since": since.isoformat() if since else None,
             "until": until.isoformat() if until else None, "limit": limit})
+        from codeb_tui.api import models
+
         return models.HistoryResult.model_validate(result).records
 
     async def _query(self, principal: Principal, tool: str,
