@@ -128,3 +128,24 @@ def test_allocation_skips_every_source():
 def test_full_range_is_a_clear_error():
     with pytest.raises(PortRangeFull, match="staging's range 4500-4503"):
         allocate_port_pair((4500, 4503), sources(registry={4500}, listening={4503}), "staging")
+
+
+async def test_no_lock_file_outlives_its_operation_and_waiters_stay_exclusive(tmp_path):
+    """The holder removes the lock file as it lets go; waiters that had opened the removed file
+    open the path again, so at most one holds the lock at any time."""
+    reg = FileRegistry(tmp_path, lock_wait=10)
+    inside = 0
+    most = 0
+
+    async def worker() -> None:
+        nonlocal inside, most
+        for _ in range(20):
+            async with reg.project_lock("shop", PROD, "deploy"):
+                inside += 1
+                most = max(most, inside)
+                await asyncio.sleep(0.001)
+                inside -= 1
+
+    await asyncio.gather(*(worker() for _ in range(4)))
+    assert most == 1
+    assert list((tmp_path / "locks").iterdir()) == []

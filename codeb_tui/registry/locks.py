@@ -1,12 +1,15 @@
 """Inter-process locks on registry files, with the holder written down for whoever is refused.
 
 `flock` is released by the kernel when the holder dies, so a crashed codeb never leaves a stale
-lock behind; the holder record is only there to name who holds it and since when.
+lock behind; the holder record is only there to name who holds it and since when. The holder
+removes the lock file as it lets go, so no lock file outlives its operation; whoever then gets
+the lock on the removed file sees it is no longer at its path and opens the path again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import getpass
 import json
@@ -49,7 +52,13 @@ async def file_lock(path: Path, purpose: str, what: str, wait: float = 0.0,
     try:
         deadline = time.monotonic() + wait
         announced = False
-        while not _try_flock(fd):
+        while True:
+            if _try_flock(fd):
+                if _still_at(path, fd):
+                    break
+                os.close(fd)  # the previous holder removed it as it let go: take the path's
+                fd = _open_lock_file(path)
+                continue
             if time.monotonic() >= deadline:
                 raise LockHeld(f"{what} is locked: {describe_holder(path)}") from None
             if on_wait is not None and not announced:
@@ -68,10 +77,21 @@ async def file_lock(path: Path, purpose: str, what: str, wait: float = 0.0,
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # while still held: see the module's docstring
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _still_at(path: Path, fd: int) -> bool:
+    """Whether the locked file is still the one at `path`."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def _open_lock_file(path: Path) -> int:
