@@ -1,0 +1,252 @@
+"""HealthChecker against real servers on loopback (asyncio servers and busybox httpd)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from codeb_tui.infra.health import MAX_BODY, HealthChecker
+
+BUSYBOX = "/bin/busybox"
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+
+
+def ok_answer(status: str = "200 OK", extra: str = "", body: bytes = b"ok") -> Answer:
+    async def answer(reader, writer) -> bool:
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
+        return True
+    return answer
+
+
+class Server:
+    """A loopback HTTP server that reads each request's head, calls `answer` (returning
+    whether to keep the connection open) and counts connections and requests."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> "Server":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        if hasattr(self._server, "close_clients"):
+            self._server.close_clients()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head)
+                if not await self.answer(reader, writer):
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def checker():
+    health = HealthChecker("127.0.0.1", "/health", request_timeout=1.0)
+    yield health
+    await health.aclose()
+
+
+def refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_200_is_healthy_with_latency(checker):
+    async with Server(ok_answer()) as server:
+        result = await checker.check(server.port)
+    assert result.ok and result.detail == "HTTP 200"
+    assert result.latency_ms is not None and 0 < result.latency_ms < 1000
+    head = server.requests[0].decode()
+    assert head.startswith("GET /health HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{server.port}\r\n" in head
+    assert "User-Agent: codeb-health\r\n" in head
+
+
+async def test_302_is_healthy_and_not_followed(checker):
+    async with Server(ok_answer("302 Found", "Location: /elsewhere\r\n", b"")) as server:
+        result = await checker.check(server.port)
+    assert result.ok and result.detail == "HTTP 302"
+    assert len(server.requests) == 1
+
+
+async def test_500_is_unhealthy(checker):
+    async with Server(ok_answer("500 Internal Server Error", body=b"boom")) as server:
+        result = await checker.check(server.port)
+    assert not result.ok and result.detail == "HTTP 500"
+
+
+async def test_refused_port(checker):
+    result = await checker.check(refused_port())
+    assert result == type(result)(False, "connection refused", None)
+
+
+async def test_silent_server_times_out_within_request_timeout():
+    async def never(reader, writer) -> bool:
+        await asyncio.sleep(3600)
+        return False
+
+    health = HealthChecker("127.0.0.1", "/health", request_timeout=0.3)
+    async with Server(never) as server:
+        started = time.monotonic()
+        result = await health.check(server.port)
+        elapsed = time.monotonic() - started
+    await health.aclose()
+    assert not result.ok and result.detail == "timed out"
+    assert 0.25 < elapsed < 1.0
+
+
+async def test_endless_body_is_unhealthy(checker):
+    async def endless(reader, writer) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        while True:  # close-delimited body that never ends
+            writer.write(b"x" * 16384)
+            await writer.drain()
+
+    async with Server(endless) as server:
+        result = await checker.check(server.port)
+    assert result.ok is False and result.detail == "body too large"
+
+
+async def test_huge_content_length_is_unhealthy(checker):
+    async with Server(ok_answer(body=b"x" * (MAX_BODY + 1))) as server:
+        result = await checker.check(server.port)
+    assert result.ok is False and result.detail == "body too large"
+
+
+async def test_huge_chunked_body_is_unhealthy(checker):
+    async def chunks(reader, writer) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while True:
+            writer.write(b"4000\r\n" + b"x" * 0x4000 + b"\r\n")
+            await writer.drain()
+
+    async with Server(chunks) as server:
+        result = await checker.check(server.port)
+    assert result.ok is False and result.detail == "body too large"
+
+
+async def test_chunked_body_is_read_and_connection_reused(checker):
+    async def chunked(reader, writer) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nX-Trailer: y\r\n\r\n")
+        return True
+
+    async with Server(chunked) as server:
+        results = [await checker.check(server.port) for _ in range(3)]
+    assert all(r.ok and r.detail == "HTTP 200" for r in results)
+    assert server.connections == 1 and len(server.requests) == 3
+
+
+async def test_keep_alive_reuses_one_connection(checker):
+    async with Server(ok_answer()) as server:
+        results = [await checker.check(server.port) for _ in range(10)]
+    assert all(r.ok for r in results)
+    assert server.connections == 1 and len(server.requests) == 10
+
+
+async def test_kept_connection_closed_by_server_is_retried_fresh(checker):
+    async def one_answer_per_connection(reader, writer) -> bool:
+        # Claims keep-alive, but drops the connection when the next request arrives (a server's
+        # idle timeout firing just then): that check must retry once on a fresh connection.
+        if writer in answered:
+            return False
+        answered.add(writer)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    answered: set[asyncio.StreamWriter] = set()
+    async with Server(one_answer_per_connection) as server:
+        results = [await checker.check(server.port) for _ in range(5)]
+    assert all(r.ok and r.detail == "HTTP 200" for r in results), results
+    # each check after the first: one request on the dead kept connection, one on a fresh one
+    assert server.connections == 5 and len(server.requests) == 9
+
+
+@pytest.fixture
+def busybox_httpd(tmp_path):
+    if not __import__("os").path.exists(BUSYBOX):
+        pytest.skip("busybox not installed")
+    (tmp_path / "health").write_text("ok\n")
+    port = refused_port()
+    proc = subprocess.Popen([BUSYBOX, "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", str(tmp_path)])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.02)
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+async def test_busybox_httpd_closing_after_each_answer(checker, busybox_httpd):
+    results = [await checker.check(busybox_httpd) for _ in range(10)]
+    assert all(r.ok and r.detail == "HTTP 200" for r in results), results
+    assert all(r.latency_ms is not None for r in results)
+
+
+async def test_concurrent_checks_of_50_ports(checker):
+    async def slow_ok(reader, writer) -> bool:
+        await asyncio.sleep(0.05)  # so that the checks overlap
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    servers = [Server(slow_ok) for _ in range(50)]
+    for server in servers:
+        await server.__aenter__()
+    try:
+        for _ in range(2):
+            results = await asyncio.gather(*(checker.check(s.port) for s in servers))
+            assert all(r.ok and r.detail == "HTTP 200" for r in results), results
+        assert all(s.connections == 1 and len(s.requests) == 2 for s in servers)
+    finally:
+        for server in servers:
+            await server.__aexit__()
+
+
+async def test_same_port_concurrently_uses_separate_connections(checker):
+    async def slow_ok(reader, writer) -> bool:
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    async with Server(slow_ok) as server:
+        results = await asyncio.gather(*(checker.check(server.port) for _ in range(2)))
+        assert all(r.ok for r in results)
+        assert server.connections == 2
+        await checker.check(server.port)  # one of the two was kept, the other closed
+        assert server.connections == 2 and len(server.requests) == 3
+
+
+async def test_garbage_answer_is_a_short_type_name(checker):
+    async def garbage(reader, writer) -> bool:
+        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        return False
+
+    async with Server(garbage) as server:
+        result = await checker.check(server.port)
+    assert not result.ok and result.detail == "RemoteProtocolError" and result.latency_ms is None
