@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 
 from codeb_tui.domain import events
 from codeb_tui.domain.access import Principal
@@ -23,6 +22,8 @@ from codeb_tui.domain.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, BadInput
 from codeb_tui.domain.status import SlotStatus
 
 if TYPE_CHECKING:
+    import httpx
+
     from codeb_tui.api.models import HistoryEntry
 
 SERVER_ENV = "CODEB_SERVER"
@@ -67,6 +68,9 @@ class RemoteEngine:
 
     def __init__(self, url: str, timeout: float = 900.0) -> None:
         self.url = url
+        # httpx only with --server: a local command never pays its 60 to 100 ms of imports.
+        import httpx
+
         # Reads may wait long between events (a pull, a health wait); connecting may not.
         self._http = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout, connect=10))
         self._status: asyncio.Future | None = None
@@ -108,6 +112,8 @@ class RemoteEngine:
 
     async def _operation(self, principal: Principal, tool: str,
                          params: dict[str, Any]) -> AsyncIterator[events.Event]:
+        import httpx  # see __init__
+
         body = {"tool": tool, "params": {k: v for k, v in params.items() if v is not None}}
         try:
             async with self._http.stream("POST", "/api/tool", json=body,
@@ -156,6 +162,8 @@ class RemoteEngine:
 
     async def _query(self, principal: Principal, tool: str,
                      params: dict[str, Any]) -> dict[str, Any]:
+        import httpx  # see __init__
+
         body = {"tool": tool, "params": {k: v for k, v in params.items() if v is not None}}
         try:
             answer = await self._http.post("/api/tool", json=body,

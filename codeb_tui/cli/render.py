@@ -14,10 +14,6 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from codeb_tui.domain import events
 from codeb_tui.domain.errors import EXIT_FAILED, EXIT_OK
 from codeb_tui.domain.status import PortsReport, SlotStatus
@@ -40,6 +36,11 @@ def printable(text: str) -> str:
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None,
           indent: int = 0) -> str:
+    # rich (about 35 ms) only when a table is printed: not for --help, --json or event lines.
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     styled = sys.stdout.isatty()
     grid = Table(box=None, show_header=header is not None, header_style="bold" if styled else "",
                  pad_edge=False, padding=(0, 1))

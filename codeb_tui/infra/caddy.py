@@ -8,11 +8,12 @@ still back up what was live and re-apply it on failure, so the proxy is always i
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from codeb_tui.domain.errors import ProxyApplyFailed
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class CaddyAdmin:
@@ -21,6 +22,11 @@ class CaddyAdmin:
         self.timeout = timeout
 
     def _client(self) -> httpx.AsyncClient:
+        # httpx is imported here and in each caller, not at module import: with rich behind it
+        # it costs 60 to 100 ms, which a command that never asks Caddy (`codeb --help`) must not
+        # pay; once loaded, an import is a dictionary lookup.
+        import httpx
+
         # A client per call: it belongs to the event loop it was made on, and the engine is used
         # from more than one (CLI, console, tests). verify=False skips building an SSL context
         # (about 20 ms) for an admin API that is plain HTTP on loopback.
@@ -28,6 +34,8 @@ class CaddyAdmin:
                                  verify=False)
 
     async def ping(self) -> bool:
+        import httpx  # see _client
+
         try:
             async with self._client() as client:
                 response = await client.get("/config/")
@@ -36,6 +44,8 @@ class CaddyAdmin:
             return False
 
     async def current(self) -> dict[str, Any] | None:
+        import httpx  # see _client
+
         try:
             async with self._client() as client:
                 response = await client.get("/config/")
@@ -46,6 +56,8 @@ class CaddyAdmin:
         return response.json()
 
     async def load(self, config: dict[str, Any]) -> None:
+        import httpx  # see _client
+
         try:
             async with self._client() as client:
                 response = await client.post(

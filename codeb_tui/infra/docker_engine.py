@@ -10,13 +10,14 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import docker
-import docker.errors
-from docker.models.containers import Container
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from codeb_tui.domain.errors import ImageNotFound, OperationFailed
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
 
 T = TypeVar("T")
 
@@ -82,6 +83,15 @@ def _sparse_info(attrs: dict) -> ContainerInfo:
     )
 
 
+def _errors() -> ModuleType:
+    """`docker.errors`, imported on first need: the SDK (requests, urllib3) takes 60 to 100 ms
+    to import, which a command that never asks Docker (`codeb --help`) must not pay. The
+    expression of an `except _errors().NotFound:` is evaluated only when an exception passes."""
+    import docker.errors
+
+    return docker.errors
+
+
 def _short(exc: Exception) -> str:
     explanation = getattr(exc, "explanation", None)
     text = str(explanation or exc)
@@ -102,6 +112,8 @@ class DockerEngine:
         API version): call it only inside a worker thread, as `_call` does."""
         with self._building:
             if self._client is None:
+                import docker  # here, not at module import: see _errors
+
                 try:
                     self._client = docker.DockerClient(base_url=self.endpoint, timeout=120)
                 except docker.errors.DockerException as exc:
@@ -113,8 +125,8 @@ class DockerEngine:
         """Run `fn(client)` in a worker thread: the SDK blocks, the event loop must not."""
         try:
             return await asyncio.to_thread(lambda: fn(self.client))
-        except docker.errors.DockerException as exc:
-            if isinstance(exc, docker.errors.NotFound):
+        except _errors().DockerException as exc:
+            if isinstance(exc, _errors().NotFound):
                 raise
             raise OperationFailed(f"Docker ({self.endpoint}): {_short(exc)}") from None
 
@@ -135,9 +147,9 @@ class DockerEngine:
 
         try:
             return await asyncio.to_thread(pull)  # not _call: its errors are read here
-        except docker.errors.DockerException as exc:
+        except _errors().DockerException as exc:
             detail = _short(exc)
-            if isinstance(exc, (docker.errors.NotFound, docker.errors.ImageNotFound)) or any(
+            if isinstance(exc, (_errors().NotFound, _errors().ImageNotFound)) or any(
                 word in detail.lower()
                 for word in ("not found", "manifest unknown", "does not exist", "pull access denied")
             ):
@@ -150,7 +162,7 @@ class DockerEngine:
         try:
             await self._call(lambda c: c.images.get(ref))
             return True
-        except docker.errors.NotFound:
+        except _errors().NotFound:
             return False
 
     async def run_slot(self, *, name: str, image: str, port: int, labels: dict[str, str],
@@ -173,13 +185,13 @@ class DockerEngine:
 
         try:
             return await self._call(run)
-        except docker.errors.NotFound as exc:
+        except _errors().NotFound as exc:
             raise OperationFailed(f"docker run {image}: {_short(exc)}") from None
 
     async def inspect(self, ident: str) -> ContainerInfo | None:
         try:
             container = await self._call(lambda c: c.containers.get(ident))
-        except docker.errors.NotFound:
+        except _errors().NotFound:
             return None
         return _info(container)
 
@@ -187,7 +199,7 @@ class DockerEngine:
         try:
             container = await self._call(lambda c: c.containers.get(ident))
             data = await self._call(lambda _: container.logs(tail=tail))
-        except (docker.errors.NotFound, OperationFailed):
+        except (_errors().NotFound, OperationFailed):
             return ""
         return data.decode(errors="replace")
 
@@ -228,7 +240,7 @@ class DockerEngine:
         try:
             container = await self._call(lambda c: c.containers.get(ident))
             await self._call(lambda _: container.stop(timeout=self.stop_timeout))
-        except docker.errors.NotFound:
+        except _errors().NotFound:
             pass
 
     async def start(self, ident: str) -> None:
@@ -243,7 +255,7 @@ class DockerEngine:
         try:
             container = await self._call(lambda c: c.containers.get(ident))
             await self._call(lambda _: container.remove(force=True))
-        except docker.errors.NotFound:
+        except _errors().NotFound:
             pass
 
     async def list_slot_containers(self, all: bool = True, project: str | None = None,

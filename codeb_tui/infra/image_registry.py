@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
-
 from codeb_tui.domain.errors import OperationFailed
 
 
@@ -18,6 +16,10 @@ class ImageRegistry:
         return self.url.split("://", 1)[-1]
 
     async def _get(self, path: str) -> dict:
+        # Imported here, not at module import: httpx (60 to 100 ms with rich) is for the image
+        # picker, never for `codeb --help`.
+        import httpx
+
         try:
             async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
                 response = await client.get(self.url + path)
