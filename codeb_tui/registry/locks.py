@@ -77,11 +77,17 @@ async def file_lock(path: Path, purpose: str, what: str, wait: float = 0.0,
         try:
             yield
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # while still held: see the module's docstring
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            _release(path, fd)
     finally:
         os.close(fd)
+
+
+def _release(path: Path, fd: int) -> None:
+    """Remove the lock file while still holding it (see the module's docstring), then let go;
+    neither call waits."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _still_at(path: Path, fd: int) -> bool:
