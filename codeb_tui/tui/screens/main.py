@@ -125,8 +125,14 @@ class MainScreen(ConsoleScreen):
         self.refresh_rows()
 
     # drawing -------------------------------------------------------------------------------------
+    @property
+    def drawable(self) -> bool:
+        """Mounted with its widgets: not yet composed, or already being torn down at exit, a
+        poll that finishes then has nothing to draw on."""
+        return self.is_mounted and bool(self.query(SlotTable))
+
     def refresh_rows(self) -> None:
-        if not self.is_mounted:
+        if not self.drawable:
             return
         session = self.session
         engine = session.engine
@@ -147,7 +153,7 @@ class MainScreen(ConsoleScreen):
         self.refresh_detail()
 
     def refresh_services(self) -> None:
-        if not self.is_mounted:
+        if not self.drawable:
             return
         session = self.session
         bar = Text()
@@ -176,7 +182,7 @@ class MainScreen(ConsoleScreen):
         self.query_one("#topbar-text", Static).update(bar)
 
     def refresh_drift(self) -> None:
-        if self.is_mounted:
+        if self.drawable:
             drift = self.session.drift
             self.query_one(DriftBadge).show(drift.count, drift.by_kind)
 
