@@ -6,7 +6,7 @@ Everything here is pure data and validation; nothing touches a file, a container
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from enum import StrEnum
 
@@ -196,21 +196,3 @@ def slot_to_dict(slot: Slot) -> dict:
             "latency_ms": slot.last_health.latency_ms,
         }
     return data
-
-
-@dataclass
-class StatusRow:
-    """One slot as `codeb status` and the console show it."""
-
-    project: str
-    environment: str
-    slot: str
-    state: str
-    port: int
-    image: str | None
-    health: str
-    url: str | None
-    container: str | None = None
-    grace_expires_at: str | None = None
-    deployed_at: str | None = None
-    extra: dict = field(default_factory=dict)

@@ -264,10 +264,6 @@ class Engine:
             await self._ctx.history.forget()
             raise
 
-    async def history_pending(self) -> int:
-        """History rows waiting in the journal for the database."""
-        return await self._ctx.history.pending()
-
     # what the console shows beside the slots --------------------------------------------------
     async def services(self, principal: Principal) -> ServicesState:
         await self._admit(principal, "status")
