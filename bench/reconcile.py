@@ -3,13 +3,17 @@
 Populates a temporary registry (slot files and ssot.json) and the database, then times:
 
   repair-empty  reconcile --repair against an empty database: 10,000 missing rows, one batch
-  in-sync       reconcile with the database in line with the files (median of --runs)
+  in-sync       reconcile with the database in line with the files (median of --runs), each
+                run on a new engine as `codeb reconcile` is (every slot file parsed)
+  in-sync warm  the same on one long-lived engine, as the console and `codeb serve` run it
+                (unchanged slot files are not parsed again)
   drifted       the same with 1% of the rows edited by hand (median of --runs)
   live          with the reality checks too: the real Docker at $DOCKER_HOST (no container of
                 these projects exists, so every non-empty slot is a missing container) and
                 Caddy's live config read from --caddy-admin (read only: never repaired here)
 
-Prints the figures and the ratio to the 2 s target; asserts nothing.
+Prints the figures against the targets (1 s without the live checks, 1.5 s with them);
+asserts nothing.
     .venv/bin/python -m bench.reconcile [--files 5000] [--runs 3] [--pg] [--db-only]
 """
 
@@ -37,7 +41,8 @@ LOCAL = local_principal()
 from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState, utcnow
 from codeb_tui.registry.files import Ssot, slot_file_json
 
-TARGET_S = 2.0
+TARGET_S = 1.0  # files against the database
+TARGET_LIVE_S = 1.5  # with Docker, Caddy and the ports
 ENVS = (Environment.PRODUCTION, Environment.STAGING)
 IMAGE = os.environ.get("CODEB_DEMO_IMAGE", "127.0.0.1:5000/demo/app")
 
@@ -105,12 +110,20 @@ def config_for(tmp: Path, files: int, dsn: str | None, docker: str, caddy_admin:
     })
 
 
-async def timed(engine: Engine, runs: int, **kwargs) -> tuple[float, list[float], object]:
+async def timed(engine: Engine, runs: int, fresh: bool = True, **kwargs) -> tuple[float, list[float], object]:
+    """Median of `runs` reconciles. `fresh`: each on an engine of its own, as `codeb reconcile`
+    runs (no slot file parsed before); else on `engine`, as a console or `codeb serve` does
+    (FileRegistry keeps the parse of each unchanged file)."""
     times, report = [], None
     for _ in range(runs):
-        started = time.perf_counter()
-        report = await engine.reconcile(LOCAL, **kwargs)
-        times.append(time.perf_counter() - started)
+        run_engine = Engine(engine.context.config) if fresh else engine
+        try:
+            started = time.perf_counter()
+            report = await run_engine.reconcile(LOCAL, **kwargs)
+            times.append(time.perf_counter() - started)
+        finally:
+            if fresh:
+                await run_engine.aclose()
     return statistics.median(times), times, report
 
 
@@ -118,7 +131,8 @@ def line(label: str, seconds: float, report, times: list[float] | None = None) -
     s = report.summary()
     phases = ", ".join(f"{k} {v:.0f}" for k, v in report.timings_ms.items())
     runs = f" (runs {', '.join(f'{t:.3f}' for t in times)})" if times and len(times) > 1 else ""
-    print(f"  {label:<13} {seconds:7.3f} s  {seconds / TARGET_S:5.2f}x target{runs}")
+    target = TARGET_LIVE_S if label == "live" else TARGET_S
+    print(f"  {label:<13} {seconds:7.3f} s  {seconds / target:5.2f}x its {target:g} s target{runs}")
     kinds = ", ".join(f"{k} {v}" for k, v in s["by_kind"].items()) or "none"
     print(f"  {'':<13} drift {s['drift']} ({kinds}), fixed {s['fixed']}; phases ms: {phases}")
 
@@ -134,6 +148,8 @@ async def bench_backend(label: str, tmp: Path, pairs, args, dsn: str | None) -> 
         line("repair-empty", time.perf_counter() - started, report)
         median, times, report = await timed(engine, args.runs, live=False)
         line("in-sync", median, report, times)
+        median, times, report = await timed(engine, args.runs, fresh=False, live=False)
+        line("in-sync warm", median, report, times)
         # 1% of the rows edited by hand: the image of every 100th project's blue slot.
         store = await engine.context.history.store()
         edited = [replace(slot_rows(p)[0], image="edited:by-hand") for p in pairs[::100]]
@@ -183,7 +199,8 @@ async def main() -> None:
                 admin = await asyncpg.connect(args.pg_dsn, timeout=5)
                 await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 await admin.close()
-        print(f"target: reconcile over {2 * len(pairs)} slots in under {TARGET_S:g} s")
+        print(f"targets: reconcile over {2 * len(pairs)} slots in under {TARGET_S:g} s, "
+              f"{TARGET_LIVE_S:g} s with the live checks")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -10,14 +10,21 @@ in the same run, side by side:
   reload-close  reload, plus close_connections: Caddy answers `Connection: close`, so no idle
                 keep-alive connection exists for a reload to cut
 
+The registry holds --projects project+environments in all (the measured one and others whose
+slots have no container: Caddy routes them all, so the config and the files a switch reads are
+those of an installation that size). switch_ms_median is a switch's call to return (a rollback:
+the same procedure as a promote, health check, proxy lock, markers, slot file, audit rows).
+The client is a process of its own (bench/loadgen.py) on codeb's small HTTP/1.1 client.
+
 Needs the services of scripts/services.sh (DOCKER_HOST set); starts a Caddy of its own.
-    .venv/bin/python -m bench.switch [--switches 20] [--concurrency 8]
+    .venv/bin/python -m bench.switch [--switches 20] [--concurrency 8] [--projects 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -31,9 +38,11 @@ from pathlib import Path
 import httpx
 
 from bench.loadgen import LoadProcess, Sample, failures, rate, stale_answers
-from codeb_tui.domain.config import parse_config
 from codeb_tui.domain import events
+from codeb_tui.domain.config import parse_config
+from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState, utcnow
 from codeb_tui.engine.facade import Engine, local_principal
+from codeb_tui.registry.files import slot_file_json
 
 LOCAL = local_principal()
 
@@ -84,6 +93,36 @@ def make_engine(root: Path, mode: str) -> Engine:
     }))
 
 
+def add_other_projects(engine: Engine, count: int) -> None:
+    """`count` production project+environments with an active and a grace slot each (no
+    containers), on the highest free port pairs: files and ssot.json as the engine writes them."""
+    registry = engine.context.registry
+    ssot = registry.read_ssot()
+    low, high = engine.context.config.environments["production"].ports
+    free = [port for port in range(high - 1, low - 1, -2)
+            if port not in ssot.allocated and port + 1 not in ssot.allocated]
+    if len(free) < count:
+        raise SystemExit(f"--projects: only {len(free)} free production pairs")
+    now = utcnow()
+    for i, port in enumerate(free[:count]):
+        project = f"other{i:04d}"
+
+        def slot(name: SlotName, port: int, state: SlotState) -> Slot:
+            return Slot(name, port, state, image=f"{REGISTRY}/demo/app:v1",
+                        container_id=f"{i:04d}{name.value}".ljust(64, "0"),
+                        container_name=f"codeb-{project}-prod-{name.value}", deployed_at=now,
+                        promoted_at=now if state is SlotState.ACTIVE else None,
+                        grace_expires_at=None if state is SlotState.ACTIVE else now)
+
+        pair = ProjectSlots(project, Environment.PRODUCTION,
+                            slot(SlotName.BLUE, port, SlotState.ACTIVE),
+                            slot(SlotName.GREEN, port + 1, SlotState.GRACE), version=1, updated_at=now)
+        registry.slot_path(project, Environment.PRODUCTION).write_text(
+            json.dumps(slot_file_json(pair), indent=2) + "\n")
+        ssot.allocated[port] = ssot.allocated[port + 1] = project
+    registry.write_ssot(ssot)
+
+
 async def must(stream) -> events.Finished:
     last = None
     async for event in stream:
@@ -100,12 +139,14 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def measure(root: Path, project: str, mode: str, switches: int, concurrency: int) -> dict:
+async def measure(root: Path, project: str, mode: str, switches: int, concurrency: int,
+                  rate_cap: float | None) -> dict:
     engine = make_engine(root, mode)
     try:
         await engine.apply_proxy(LOCAL)
         host = f"{project}.example.com"
-        load = LoadProcess(HTTP_PORT, host, concurrency=concurrency, deadline_s=30 + switches * 3)
+        load = LoadProcess(HTTP_PORT, host, concurrency=concurrency, deadline_s=30 + switches * 3,
+                           rate=rate_cap)
         load.start()
         await asyncio.sleep(2.0)  # the client process starts, then a baseline before the first switch
         windows = []  # (start, end, slot now active)
@@ -143,6 +184,11 @@ async def main() -> None:
     parser.add_argument("--switches", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--rate", type=float, default=1000,
+                        help="client requests per second at most (0: as fast as Caddy answers; "
+                             "on 2 cores that starves the engine being timed)")
+    parser.add_argument("--projects", type=int, default=200,
+                        help="project+environments in the registry, the measured one included")
     args = parser.parse_args()
     if "DOCKER_HOST" not in os.environ:
         raise SystemExit("DOCKER_HOST is not set: source the env file of scripts/services.sh")
@@ -155,24 +201,33 @@ async def main() -> None:
         await must(setup.promote(LOCAL, project))
         await must(setup.deploy(LOCAL, project, f"{REGISTRY}/demo/app:v2"))
         await must(setup.promote(LOCAL, project))
+        add_other_projects(setup, args.projects - 1)
         results = {}
         for mode in args.modes.split(","):
-            results[mode] = await measure(root, project, mode, args.switches, args.concurrency)
+            results[mode] = await measure(root, project, mode, args.switches, args.concurrency,
+                                          args.rate or None)
         rows = [
             ("requests", "{:.0f}"), ("rate", "{:.0f} req/s"), ("failed", "{:.0f}"),
             ("failed_per_switch_mean", "{:.2f}"), ("failed_per_switch_max", "{:.0f}"),
             ("stale_answers", "{:.0f}"), ("p50_base", "{:.1f} ms"), ("p99_base", "{:.1f} ms"),
             ("p50_switch", "{:.1f} ms"), ("p99_switch", "{:.1f} ms"), ("max_switch", "{:.1f} ms"),
-            ("switch_ms_median", "{:.0f} ms"),
+            ("switch_ms_median", "{:.1f} ms"),
         ]
         modes = list(results)
-        print(f"{args.switches} switches, {args.concurrency} client connections, no retries")
+        print(f"{args.switches} switches, {args.concurrency} client connections, no retries, "
+              f"client rate cap {args.rate or 'none'} req/s, "
+              f"{args.projects} project+environments in the registry")
         print(f"{'':24}" + "".join(f"{m:>16}" for m in modes))
         for key, fmt in rows:
             print(f"{key:24}" + "".join(f"{fmt.format(results[m][key]):>16}" for m in modes))
         for mode in modes:
             if results[mode]["errors"]:
                 print(f"{mode} errors: {', '.join(results[mode]['errors'])}")
+        for mode in modes:
+            verdict = "meets" if results[mode]["switch_ms_median"] < 20 else "MISSES"
+            print(f"{mode}: switch call to return {results[mode]['switch_ms_median']:.1f} ms median "
+                  f"({verdict} the 20 ms target), {results[mode]['rate']:.0f} req/s "
+                  f"({'meets' if results[mode]['rate'] >= 500 else 'MISSES'} the 500 req/s target)")
         first = modes[0]
         for mode in modes[1:]:
             print(f"ratio p50 latency {mode}/{first}: "

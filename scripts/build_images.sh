@@ -14,6 +14,9 @@
 #   crash         exits with status 1 at once
 #   slow          sleeps 8 s, then behaves like v1 (index says "slow slow ...")
 #   dockerhealth  healthy, plus a Docker HEALTHCHECK (1 s interval) probing /health
+#   big           healthy like v1 (index says "healthy big ..."), plus BIG_LAYERS layers of
+#                 BIG_LAYER_MB MiB of random data each (108 MiB in all): a pull takes visible
+#                 time, for the progress events (tests/test_progress.py)
 # Run as: docker run -d --network host --init -e PORT=4321 -e CODEB_SLOT=blue IMAGE
 set -euo pipefail
 
@@ -22,7 +25,9 @@ SERVICES_DIR="${CODEB_SERVICES_DIR:-/var/lib/codeb-services}"
 REGISTRY="${CODEB_REGISTRY_URL:-127.0.0.1:5000}"
 REPO="$REGISTRY/demo/app"
 BUSYBOX="${CODEB_BUSYBOX:-/bin/busybox}"
-TAGS=(v1 v2 v3 unhealthy crash slow dockerhealth)
+TAGS=(v1 v2 v3 unhealthy crash slow dockerhealth big)
+BIG_LAYERS=4
+BIG_LAYER_MB=27  # random data: compression cannot shrink what the registry sends
 
 FORCE=0
 SMOKE=0
@@ -76,7 +81,7 @@ PY
 write_context() {
   local ctx="$1" tag="$2" variant version tail
   case "$tag" in
-    v1|v2|v3) variant=healthy; version="$tag" ;;
+    v1|v2|v3|big) variant=healthy; version="$tag" ;;
     *) variant="$tag"; version="$tag" ;;
   esac
   cp "$BUSYBOX" "$ctx/busybox"
@@ -127,6 +132,12 @@ SH
   {
     echo "FROM scratch"
     echo "COPY busybox /bin/busybox"
+    if [[ "$tag" == big ]]; then
+      local layer
+      for layer in $(seq 1 "$BIG_LAYERS"); do  # one RUN, one layer
+        echo "RUN [\"/bin/busybox\",\"dd\",\"if=/dev/urandom\",\"of=/filler-$layer\",\"bs=1048576\",\"count=$BIG_LAYER_MB\"]"
+      done
+    fi
     echo "COPY start.sh handler.sh healthcheck.sh /"
     echo "ENV APP_VARIANT=$variant APP_VERSION=$version"
     echo "LABEL org.codeb.demo.variant=$variant org.codeb.demo.version=$version org.codeb.demo.build=$BUILD_ID"
@@ -163,7 +174,7 @@ smoke() {
     docker rm -f "$name" >/dev/null 2>&1 || true
     run "$name" "$port" "$REPO:$tag"
     case "$tag" in
-      v1|v2|v3|dockerhealth)
+      v1|v2|v3|dockerhealth|big)
         wait_http "http://127.0.0.1:$port/health" 25 || true
         check "$tag /health" "$(curl_ "http://127.0.0.1:$port/health" 2>&1)" "ok"
         want="healthy $tag"; [[ "$tag" == dockerhealth ]] && want="dockerhealth dockerhealth"

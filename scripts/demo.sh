@@ -20,6 +20,7 @@ registry: {root: $DEMO/registry}
 docker: {endpoint: "$DOCKER_HOST", registry_url: "http://$CODEB_REGISTRY_URL"}
 caddy: {admin: "$CODEB_CADDY_ADMIN", listen: "127.0.0.1:8080", config_dir: $DEMO/caddy}
 database: {sqlite_path: $DEMO/codeb.sqlite3}
+ssh: {state_dir: $DEMO/ssh}  # codeb ssh-serve: host key and operators (README)
 health: {timeout: 20}
 environments:
   production: {domain: "{project}.demo.test", preview_domain: "{slot}.{project}.preview.demo.test"}

@@ -65,7 +65,8 @@ ensure_packages() {
   [[ "$(ldd /bin/busybox 2>&1 || true)" == *"not a dynamic executable"* ]] || missing+=(busybox-static)
   [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
   command -v curl >/dev/null || missing+=(curl)
-  command -v flock >/dev/null || missing+=(util-linux)
+  command -v flock >/dev/null && command -v nsenter >/dev/null || missing+=(util-linux)
+  command -v ip >/dev/null || missing+=(iproute2)  # test hosts: network namespaces, veth pairs
   command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3 python3-venv)
   [[ ${#missing[@]} -eq 0 ]] && return 0

@@ -27,6 +27,7 @@ import yaml
 from codeb_tui.domain.config import Config, parse_config
 from codeb_tui.domain import events
 from codeb_tui.engine.facade import Engine, local_principal
+from tests.remote_hosts import remote_hosts  # noqa: F401  (the fixture: two SSH test hosts)
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")

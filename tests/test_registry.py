@@ -149,3 +149,24 @@ async def test_no_lock_file_outlives_its_operation_and_waiters_stay_exclusive(tm
     await asyncio.gather(*(worker() for _ in range(4)))
     assert most == 1
     assert list((tmp_path / "locks").iterdir()) == []
+
+
+def test_a_slot_file_changed_in_place_is_read_again(tmp_path):
+    """read_slots keeps a parse while the file is unchanged: an edit that keeps its size (by
+    hand, in place, no rename) must still be seen, and so must a removal."""
+    reg = FileRegistry(tmp_path)
+    written = reg.write_slots(pair())
+    assert reg.read_slots("shop", PROD) == written  # parsed, then kept
+    path = reg.slot_path("shop", PROD)
+    text = path.read_text()
+    edited = text.replace('"port": 4100', '"port": 4200').replace('"port": 4101', '"port": 4201')
+    assert len(edited) == len(text) and edited != text
+    with open(path, "r+") as f:  # in place: same inode, same size
+        f.write(edited)
+    assert reg.read_slots("shop", PROD).blue.port == 4200
+    assert reg.read_all_readable()[0][0].green.port == 4201
+    path.write_text("{")
+    with pytest.raises(RegistryCorrupt):
+        reg.read_slots("shop", PROD)
+    path.unlink()
+    assert reg.read_slots("shop", PROD) is None

@@ -44,6 +44,9 @@ class DeployParams(_Request):
     environment: EnvironmentName = "production"
     confirmGrace: bool = Field(False, description="deploy into a grace slot (destroys the "
                                                   "rollback target)")
+    hosts: list[Annotated[str, Field(max_length=63)]] | None = Field(
+        None, max_length=32, description="hosts of a first deploy (default: the config's "
+                                         "projects.<name>.hosts, else local)")
 
 
 class SwitchParams(_Request):
@@ -153,6 +156,7 @@ class _SlotBase(_Answer):
         values = self.model_dump()
         for name in _TIMES:
             values[name] = datetime.fromisoformat(values[name]) if values[name] else None
+        values["hosts"] = tuple(self.hosts)  # HostHealth records as validated, not dumped
         return SlotStatus(**values)
 
 

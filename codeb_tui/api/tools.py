@@ -46,7 +46,7 @@ def start(engine: Engine, principal: Principal, tool: str,
           params: Any) -> AsyncIterator[events.Event]:
     if tool == "deploy":
         return engine.deploy(principal, params.projectName, params.image, params.environment,
-                             confirm_grace=params.confirmGrace)
+                             confirm_grace=params.confirmGrace, hosts=params.hosts)
     if tool in ("promote", "rollback"):
         return getattr(engine, tool)(principal, params.projectName, params.environment)
     assert tool == "cleanup", tool

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from codeb_tui.cli import history, serve, workflow  # noqa: F401 - they add their commands
+from codeb_tui.cli import history, host, serve, ssh_serve, workflow  # noqa: F401 - they add their commands
 from codeb_tui.cli.app import codeb
 from codeb_tui.cli.errors import guarded
 from codeb_tui.domain.errors import EXIT_OK

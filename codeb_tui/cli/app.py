@@ -127,9 +127,13 @@ def _console(s: Session) -> int:
 @click.option("--image", required=True, metavar="IMAGE")
 @env_option()
 @click.option("--yes", is_flag=True, help="confirm deploying into a grace slot")
-def deploy(project: str, image: str, env: str, yes: bool) -> int:
+@click.option("--host", "hosts", multiple=True, metavar="NAME",
+              help="a host of a first deploy (repeatable; default: config projects.<name>.hosts, "
+                   "else local)")
+def deploy(project: str, image: str, env: str, yes: bool, hosts: tuple[str, ...]) -> int:
     return operation(lambda engine, who: engine.deploy(who, project, image, env,
-                                                       confirm_grace=yes))
+                                                       confirm_grace=yes,
+                                                       hosts=list(hosts) or None))
 
 
 def _switch_command(name: str, text: str) -> None:
@@ -161,7 +165,7 @@ async def _show_status(engine: Engine, s: Session, project: str | None, env: str
     slots, empty = await asyncio.gather(engine.status(s.principal, project, env),
                                         engine.proxy_empty(s.principal))
     render.emit(s.as_json, {"slots": [slot.to_json() for slot in slots], "proxy_empty": empty},
-                render.status_text(slots))
+                lambda: render.status_text(slots))
     if empty:
         render.warn(["Caddy answers without codeb's routes (restarted empty?): nothing is served; "
                      "run `codeb reconcile --repair`"])

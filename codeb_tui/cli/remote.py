@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 SERVER_ENV = "CODEB_SERVER"
 NDJSON = "application/x-ndjson"
-_EVENT_KINDS = {kind.kind: kind for kind in (events.Started, events.StepStarted, events.Log,
-                                             events.StepFinished, events.Finished, events.Failed)}
 OFFERED = ("deploy", "promote", "rollback", "cleanup", "status", "history")
 
 
@@ -58,7 +56,7 @@ def exit_code_of(status: int) -> int:
 def event_from_json(data: dict[str, Any]) -> events.Event:
     """An event as `codeb --json` printed it, back to the engine's type (so it prints the same)."""
     fields = dict(data)
-    kind = _EVENT_KINDS[fields.pop("event")]
+    kind = events.BY_KIND[fields.pop("event")]
     fields["ts"] = datetime.fromisoformat(fields["ts"].replace("Z", "+00:00"))
     return kind(**fields)
 
@@ -88,11 +86,13 @@ class RemoteEngine:
 
     # operations -------------------------------------------------------------------------------
     def deploy(self, principal: Principal, project: str, image: str,
-               environment: str = "production", confirm_grace: bool = False
-               ) -> AsyncIterator[events.Event]:
-        return self._operation(principal, "deploy", {
-            "projectName": project, "image": image, "environment": environment,
-            "confirmGrace": confirm_grace})
+               environment: str = "production", confirm_grace: bool = False,
+               hosts: list[str] | None = None) -> AsyncIterator[events.Event]:
+        params = {"projectName": project, "image": image, "environment": environment,
+                  "confirmGrace": confirm_grace}
+        if hosts:
+            params["hosts"] = hosts
+        return self._operation(principal, "deploy", params)
 
     def promote(self, principal: Principal, project: str,
                 environment: str = "production") -> AsyncIterator[events.Event]:

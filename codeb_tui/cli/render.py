@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -56,21 +57,64 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None,
                      for line in console.file.getvalue().splitlines())
 
 
-def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data, default=str) if as_json else text, flush=True)
+def emit(as_json: bool, data: dict[str, Any], text: str | Callable[[], str]) -> None:
+    """`text` may be a function: a table is then built (and rich imported, ~100 ms at start-up)
+    only when it is shown, never for --json."""
+    if as_json:
+        print(json.dumps(data, default=str), flush=True)
+    else:
+        print(text if isinstance(text, str) else text(), flush=True)
+
+
+def progress_text(event: events.Progress, width: int) -> str:
+    """A progress event as one terminal line of at most `width` characters, bar first."""
+    filled = round(max(0.0, min(1.0, event.fraction)) * 20)
+    text = f"[{'#' * filled}{'-' * (20 - filled)}] {printable(event.line().strip())}"
+    return text[:max(width, 1)]
+
+
+class _ProgressLine:
+    """The one line a terminal shows for transient events, rewritten in place (never wrapped,
+    which would leave the old text behind) and erased before the next line is printed."""
+
+    def __init__(self) -> None:
+        self.drawn = False
+
+    def draw(self, event: events.Progress) -> None:
+        width = shutil.get_terminal_size().columns - 1
+        sys.stdout.write(f"\r{progress_text(event, width)}\x1b[K")
+        sys.stdout.flush()
+        self.drawn = True
+
+    def erase(self) -> None:
+        if self.drawn:
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+            self.drawn = False
 
 
 async def print_stream(stream: AsyncIterator[events.Event], as_json: bool) -> int:
-    """Print an operation's events as they come; the exit code of its terminal event."""
+    """Print an operation's events as they come; the exit code of its terminal event. Progress
+    events are a line rewritten in place on a terminal, JSON lines with --json, else left out
+    (a log file gets the step lines)."""
     terminal: events.Event | None = None
+    progress = _ProgressLine() if not as_json and sys.stdout.isatty() else None
     async for event in stream:
         done = isinstance(event, (events.Finished, events.Failed))
         if as_json:
             print(dumps_event(event), flush=True)
-        elif not done:
-            print(printable(event.line()), flush=True)
+        elif isinstance(event, events.Progress):
+            if progress is not None:
+                progress.draw(event)
+        else:
+            if progress is not None:
+                progress.erase()
+            if not done:
+                print(printable(event.line()), flush=True)
         if done:
             terminal = event
+    if progress is not None:
+        progress.erase()
     if isinstance(terminal, events.Finished):
         if not as_json:
             print(printable(terminal.line()))
@@ -99,7 +143,19 @@ def status_text(slots: list[SlotStatus]) -> str:
              s.image or "-",
              s.health.value + (f" ({s.health_detail})" if s.health_detail else ""),
              s.url or "-") for s in slots]
-    return table(rows, ("PROJECT", "ENV", "SLOT", "STATE", "PORT", "IMAGE", "HEALTH", "URL"))
+    header = ("PROJECT", "ENV", "SLOT", "STATE", "PORT", "IMAGE", "HEALTH", "URL")
+    if any(s.hosts for s in slots):  # projects on remote hosts: each host's word per row
+        rows = [(*row, _hosts_cell(s)) for row, s in zip(rows, slots)]
+        header = (*header, "HOSTS")
+    return table(rows, header)
+
+
+def _hosts_cell(slot: SlotStatus) -> str:
+    """`web1 healthy, web2 unreachable`; `local` for a project on this machine only."""
+    if not slot.hosts:
+        return "local"
+    return ", ".join(f"{h.host} {h.health.value if h.reachable else 'unreachable'}"
+                     for h in slot.hosts)
 
 
 def ports_text(report: PortsReport) -> str:

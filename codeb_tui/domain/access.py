@@ -75,6 +75,8 @@ ACTIONS: dict[str, str] = {
     "apikey.list": "codeb apikey list",
     "apikey.create": "codeb apikey create",
     "apikey.revoke": "codeb apikey revoke",
+    "host.check": "codeb host list / check: hosts, reachability, versions",
+    "host.trust": "codeb host trust: record a host's SSH key in known_hosts",
 }
 
 # action -> role -> environments where that role may perform it; a role that is absent may not.
@@ -97,6 +99,8 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
     "apikey.list": {"admin": _EVERY},
     "apikey.create": {"admin": _EVERY},
     "apikey.revoke": {"admin": _EVERY},
+    "host.check": {"admin": _EVERY, "member": _EVERY, "viewer": _EVERY},
+    "host.trust": {"admin": _EVERY},
 }
 
 

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from codeb_tui.domain.errors import ConfigError
-from codeb_tui.domain.model import Environment
+from codeb_tui.domain.model import HOST_NAME_RE, LOCAL_HOST, PROJECT_NAME_RE, Environment
 
 OVERRIDE_PREFIX = "CODEB_"
 OVERRIDE_DELIMITER = "__"
@@ -254,9 +254,11 @@ class ConsoleConfig(_Section):
     keymap: dict[str, Text] = Field(default_factory=dict)
     """Binding id -> keys (comma-separated), e.g. {deploy: ctrl+d}; ids are on the help screen."""
     poll_interval: Seconds = 1.0
-    """Seconds between live status polls (health of every slot with a container)."""
-    registry_watch_interval: Seconds = 0.5
-    """Seconds between checks of the slot files for changes made by another process."""
+    """Seconds between health checks of the rows on screen (and the selected one); every other
+    slot is checked in the background at least every 4 s."""
+    registry_watch_interval: Seconds = 2.0
+    """Seconds between stats of the slot files, only where the machine gives no file-system
+    events (inotify): with them, outside changes arrive as they happen."""
 
 
 def _check_host_name(value: str) -> str:
@@ -302,6 +304,144 @@ class ApiConfig(_Section):
         return (self.public_url or f"http://{self.dial}").rstrip("/")
 
 
+_OPERATOR_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # what `ssh NAME@host` can carry
+_PUBLIC_KEY = re.compile(r"^(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+ [A-Za-z0-9+/]+={0,3}( .*)?$")
+
+
+def check_operator_name(value: str) -> str:
+    if not _OPERATOR_NAME.fullmatch(value):
+        raise ValueError(f"expected a user name (a-z, 0-9, '_' and '-', up to 32, starting with "
+                         f"a letter), got {_shown(value)}")
+    return value
+
+
+def check_public_key(value: str) -> str:
+    if not _PUBLIC_KEY.fullmatch(value.strip()):
+        raise ValueError(f"expected a public key line such as 'ssh-ed25519 AAAA... comment', got "
+                         f"{_shown(value)}")
+    return value.strip()
+
+
+OperatorName = Annotated[Text, AfterValidator(check_operator_name)]
+PublicKeyLine = Annotated[Text, AfterValidator(check_public_key)]
+
+
+class SshOperatorConfig(_Section):
+    """One operator of `codeb ssh-serve`: who they are and which keys prove it."""
+
+    name: OperatorName
+    """The user name they connect as: `ssh -p PORT name@host`."""
+    keys: list[PublicKeyLine] = Field(default_factory=list)
+    authorized_keys: ConfigPath | None = None
+    """An authorized_keys file, read when the server starts (options before a key are ignored)."""
+    team: Text | None = None
+    role: Literal["admin", "member", "viewer"]
+
+    @model_validator(mode="after")
+    def _some_key(self) -> SshOperatorConfig:
+        if not self.keys and self.authorized_keys is None:
+            raise _ErrorAt(("keys",), "an operator needs keys or an authorized_keys file")
+        return self
+
+
+class SshConfig(_Section):
+    """`codeb ssh-serve`: the console served over SSH, one console process per session."""
+
+    listen: ListenAddress = "127.0.0.1:2022"
+    state_dir: ConfigPath = Path("/opt/codeb/ssh")
+    """The host key (0600, made on first start) and the operators `codeb operator add` keeps."""
+    operators: list[SshOperatorConfig] = Field(default_factory=list)
+    max_sessions: Annotated[int, Field(ge=1, le=1000)] = 10
+    spare_consoles: Annotated[int, Field(ge=0, le=10)] = 1
+    """Console processes started ahead, loaded and waiting for a session: a session's first
+    frame then waits for no Python start (each costs an idle process's memory)."""
+    idle_timeout: Seconds = 900.0
+    """Seconds without a key press before a session is closed (its operations still finish)."""
+
+    @model_validator(mode="after")
+    def _names_once(self) -> SshConfig:
+        seen: set[str] = set()
+        for index, operator in enumerate(self.operators):
+            if operator.name in seen:
+                raise _ErrorAt(("operators", str(index), "name"), f"{operator.name} is declared twice")
+            seen.add(operator.name)
+        return self
+
+
+def _check_remote_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError(f"expected an absolute path on that host, got {_shown(value)}")
+    return value
+
+
+RemotePath = Annotated[Path, BeforeValidator(_check_remote_path), Field(strict=False)]
+"""A path on another machine: absolute, never resolved against this machine's folders."""
+
+
+def _check_host_key(value: str) -> str:
+    if not HOST_NAME_RE.fullmatch(value):
+        raise ValueError(f"expected a host name (letters, digits, '.', '_', '-'), got {_shown(value)}")
+    if value == LOCAL_HOST:
+        raise ValueError(f"{LOCAL_HOST!r} is this machine and cannot be declared")
+    return value
+
+
+class HostConfig(_Section):
+    """A machine codeb reaches over SSH (`hosts: {web1: {...}}`). There is no password key:
+    a key file or the SSH agent authenticates, and the host's key must be in known_hosts."""
+
+    address: Text
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    user: Text
+    identity_file: ConfigPath | None = None
+    """A private key without a passphrase (keys with one go through the agent)."""
+    agent: bool = False
+    """Authenticate with the keys of the SSH agent at $SSH_AUTH_SOCK."""
+    known_hosts: ConfigPath = Field(default=Path("~/.ssh/known_hosts"), validate_default=True)
+    """Checked strictly: an unknown or changed host key refuses the connection
+    (`codeb host trust NAME` records one)."""
+    docker_socket: RemotePath = Path("/var/run/docker.sock")
+    caddy_admin: HttpUrl = "http://127.0.0.1:2019"
+    """Caddy's admin API as the host itself reaches it (through the SSH connection)."""
+    bind_address: Text = "127.0.0.1"
+    """Where slots listen on that host (and where its Caddy and health checks reach them)."""
+    marker_dir: RemotePath = Path("/opt/codeb/caddy/switch")
+    """The proxy's switch markers on that host (Caddy there must be able to read it)."""
+    forward_registry: ListenAddress | None = None
+    """host:port of the image registry as image references name it (127.0.0.1:5000), for a
+    host that cannot reach it: offered there, at the same address, through the connection."""
+    connect_timeout: Seconds = 5.0
+    request_timeout: Seconds = 5.0
+    """Seconds any one request over the connection may take (keepalives use it too): a host
+    that is down or hangs fails within it and never holds up the others."""
+
+    @model_validator(mode="after")
+    def _one_way_to_log_in(self) -> HostConfig:
+        if self.identity_file is None and not self.agent:
+            raise _ErrorAt(("identity_file",), "required (or agent: true)")
+        return self
+
+    @property
+    def target(self) -> str:
+        """user@address:port, as errors and `codeb host list` show it."""
+        return f"{self.user}@{self.address}:{self.port}"
+
+
+class ProjectConfig(_Section):
+    """Per project: `projects: {shop: {hosts: [web1, web2]}}`."""
+
+    hosts: list[Text]
+    """Where a first deploy puts the project (then its slot file says): declared hosts or
+    `local`."""
+
+    @field_validator("hosts")
+    @classmethod
+    def _some_host(cls, hosts: list[str]) -> list[str]:
+        if not hosts:
+            raise ValueError("expected at least one host")
+        return hosts
+
+
 class Config(_Section):
     registry: RegistryConfig = RegistryConfig()
     environments: dict[str, EnvironmentConfig] = Field(default_factory=_default_environments)
@@ -311,6 +451,11 @@ class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     console: ConsoleConfig = ConsoleConfig()
     api: ApiConfig = ApiConfig()
+    ssh: SshConfig = SshConfig()
+    hosts: dict[Annotated[str, AfterValidator(_check_host_key)], HostConfig] = Field(
+        default_factory=dict)
+    """Machines reached over SSH, by name; `local` (this machine) is always there."""
+    projects: dict[str, ProjectConfig] = Field(default_factory=dict)
     grace_hours: Annotated[float, Field(ge=0)] = 48.0
     _source: Path | None = PrivateAttr(default=None)
 
@@ -332,6 +477,20 @@ class Config(_Section):
                 raise _ErrorAt((str(name),), "unknown environment (production, staging, preview)")
             merged[name] = {**merged[name], **env} if isinstance(env, dict) else env
         return merged
+
+    @model_validator(mode="after")
+    def _projects_on_known_hosts(self) -> Config:
+        for project, spec in self.projects.items():
+            if not PROJECT_NAME_RE.fullmatch(project):
+                raise _ErrorAt(("projects", project), "expected a project name (a-z, 0-9, '-')")
+            for index, host in enumerate(spec.hosts):
+                if host != LOCAL_HOST and host not in self.hosts:
+                    raise _ErrorAt(("projects", project, "hosts", str(index)),
+                                   f"unknown host {host!r} (declare it under hosts:, or use "
+                                   f"{LOCAL_HOST})")
+            if len(set(spec.hosts)) != len(spec.hosts):
+                raise _ErrorAt(("projects", project, "hosts"), "a host is named twice")
+        return self
 
     @model_validator(mode="after")
     def _environments_apart(self) -> Config:

@@ -76,3 +76,23 @@ class AccessDenied(CodebError):
         self.principal = principal
         """The key's Principal when the key is valid but its role falls short (for the audit)."""
         super().__init__(message)
+
+
+class HostUnreachable(OperationFailed):
+    """A host reached over SSH did not answer (refused, timed out, dropped): the message names
+    the host and the reason."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        self.host = host
+        super().__init__(f"Host {host} unreachable: {reason}")
+
+
+class HostKeyRefused(OperationFailed):
+    """A host's SSH key is not the one known_hosts records (unknown or changed): the connection
+    is refused; the message names the host and both fingerprints."""
+
+    def __init__(self, host: str, message: str, offered: str | None = None) -> None:
+        self.host = host
+        self.offered = offered
+        """The fingerprint the host offered (SHA256:...), when it could be read."""
+        super().__init__(message)

@@ -1,7 +1,8 @@
 """Typed events that operations yield. The CLI prints them, the console streams them.
 
 An operation's stream always ends with exactly one `Finished` or `Failed`: a failure is an
-event, not an exception escaping the generator.
+event, not an exception escaping the generator. `Progress` events (a pull, a health wait) are
+transient: each replaces the one before, so they are drawn in place and kept in no log.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ def _now() -> datetime:
 @dataclass(frozen=True, kw_only=True)
 class Event:
     kind: ClassVar[str] = "event"
+    transient: ClassVar[bool] = False
+    """Replaced by the next event of its kind: drawn in place, kept in no log nor history."""
     operation: str
     project: str
     environment: str
@@ -102,4 +105,62 @@ class Failed(Event):
         return f"failed: {self.error}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Progress(Event):
+    """How far long work inside a step is, as it happens (about ten a second at most)."""
+    kind: ClassVar[str] = "progress"
+    transient: ClassVar[bool] = True
+    step: str
+    fraction: float
+    """0..1, for a progress bar."""
+
+    def label(self) -> str:
+        """The progress in words, without the bar."""
+        return f"{self.fraction:.0%}"
+
+    def line(self) -> str:
+        return f"   {self.step}: {self.label()}"
+
+
+def _mb(count: int) -> str:
+    return f"{count / 1e6:.1f}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullProgress(Progress):
+    """An image pull: the daemon's per-layer reports added up."""
+    kind: ClassVar[str] = "pull_progress"
+    image: str
+    layers: int
+    layers_done: int
+    downloaded: int
+    """Bytes, of `total`."""
+    extracted: int
+    total: int
+    """Bytes of the layers whose size is known so far (a waiting layer's is not)."""
+
+    def label(self) -> str:
+        text = f"{self.layers_done}/{self.layers} layers, {_mb(self.downloaded)}/{_mb(self.total)} MB"
+        if self.downloaded >= self.total and self.extracted < self.total:
+            text += f", {_mb(self.extracted)} MB extracted"
+        return text
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthWait(Progress):
+    """The health gate still waiting for a new container."""
+    kind: ClassVar[str] = "health_wait"
+    elapsed_s: float
+    timeout_s: float
+    detail: str
+    """The last answer (or its absence)."""
+
+    def label(self) -> str:
+        return f"{self.elapsed_s:.1f} s of {self.timeout_s:g} s ({self.detail})"
+
+
 Terminal = Finished | Failed
+
+BY_KIND: dict[str, type[Event]] = {kind.kind: kind for kind in (
+    Started, StepStarted, Log, StepFinished, Progress, PullProgress, HealthWait, Finished, Failed)}
+"""Every event type by the `event` field of its JSON (`codeb --json`, the API's NDJSON)."""

@@ -13,6 +13,8 @@ from enum import StrEnum
 from codeb_tui.domain.errors import BadInput
 
 PROJECT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+"""A host's name in config (`hosts:`), slot files and --host: like a project name."""
 # A Docker image reference: [host[:port]/]path[:tag][@digest]. Deliberately narrower than the
 # distribution grammar where it matters: no whitespace, no shell metacharacters, no leading dash.
 IMAGE_REF_RE = re.compile(
@@ -124,12 +126,25 @@ class Slot:
     promoted_at: datetime | None = None
     grace_expires_at: datetime | None = None
     last_health: HealthRecord | None = None
+    container_ids: tuple[tuple[str, str], ...] = ()
+    """(host, container id) on each host of a project on several hosts or on a remote one;
+    empty for a project on the local host only, whose container is `container_id`."""
 
     def emptied(self) -> Slot:
         return Slot(name=self.name, port=self.port)
 
+    def container_on(self, host: str) -> str | None:
+        """The id of this slot's container on `host`."""
+        if not self.container_ids:
+            return self.container_id if host == LOCAL_HOST else None
+        return dict(self.container_ids).get(host)
+
     def with_(self, **changes) -> Slot:
         return replace(self, **changes)
+
+
+LOCAL_HOST = "local"
+"""The machine codeb runs on: every project's host unless config or --host says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,12 @@ class ProjectSlots:
     green: Slot
     version: int = 0
     updated_at: datetime | None = None
+    hosts: tuple[str, ...] = (LOCAL_HOST,)
+    """Where the pair runs: each host has both slots' containers and its own proxy."""
+
+    @property
+    def local_only(self) -> bool:
+        return self.hosts == (LOCAL_HOST,)
 
     def slot(self, name: SlotName) -> Slot:
         return self.blue if name is SlotName.BLUE else self.green
@@ -184,6 +205,9 @@ def container_name(project: str, environment: Environment, slot: SlotName) -> st
 
 def slot_to_dict(slot: Slot) -> dict:
     data = asdict(slot)
+    ids = data.pop("container_ids")
+    if ids:  # only projects on remote or several hosts: other files stay as they were
+        data["container_ids"] = dict(ids)
     data["name"] = slot.name.value
     data["state"] = slot.state.value
     for key in ("deployed_at", "promoted_at", "grace_expires_at"):

@@ -36,7 +36,13 @@ class Route:
 
 
 def _host(url: str) -> str:
-    return urlsplit(url).hostname or url
+    """urlsplit(url).hostname or url, for the scheme://host[:port] that config.production_url
+    and preview_url build: by hand, since urlsplit costs ~7 us and reconcile over 10,000 slots
+    asks for 15,000 hosts."""
+    host = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+    if host.startswith("["):  # an IPv6 literal
+        return host[1:host.find("]")].lower() if "]" in host else url
+    return host.partition(":")[0].lower() or url
 
 
 def marker_name(pair: ProjectSlots, slot: SlotName, kind: str) -> str:

@@ -47,6 +47,39 @@ class ContainerState(StrEnum):
 
 
 @dataclass(frozen=True)
+class HostHealth:
+    """One slot on one host of a project that runs on remote or several hosts."""
+
+    host: str
+    health: Health
+    detail: str | None = None
+    latency_ms: float | None = None
+    container_status: ContainerState | None = None
+    reachable: bool = True
+    """False when the host did not answer within its request timeout (health is then unknown)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "health": self.health.value, "detail": self.detail,
+                "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
+                "container_status": None if self.container_status is None
+                else self.container_status.value,
+                "reachable": self.reachable}
+
+
+@dataclass(frozen=True)
+class HostState:
+    """Whether a host answered its last probe (the console's top bar, `codeb status`)."""
+
+    name: str
+    reachable: bool
+    detail: str = ""
+    """Why not, when unreachable."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "reachable": self.reachable, "detail": self.detail}
+
+
+@dataclass(frozen=True)
 class SlotStatus:
     """One slot as `codeb status` and the console show it: the registry's word plus, when
     asked live, its container and health."""
@@ -70,6 +103,9 @@ class SlotStatus:
     version: int
     checked_at: float | None = None
     """time.monotonic() of the health check, None when not checked."""
+    hosts: tuple[HostHealth, ...] = ()
+    """Per host, for a project on remote or several hosts (its health and container are then
+    the worst of them); empty for a project on the local host only."""
 
     @property
     def key(self) -> tuple[str, Environment]:
@@ -92,6 +128,7 @@ class SlotStatus:
             "deployed_at": self.deployed_at.isoformat() if self.deployed_at else None,
             "grace_expires_at": self.grace_expires_at.isoformat() if self.grace_expires_at else None,
             "version": self.version,
+            "hosts": [h.to_json() for h in self.hosts],
         }
 
 
@@ -156,6 +193,8 @@ __all__ = [
     "ContainerState",
     "EnvironmentPorts",
     "Health",
+    "HostHealth",
+    "HostState",
     "PortConflict",
     "PortConflictKind",
     "PortPairUse",

@@ -11,6 +11,7 @@ from typing import Any
 from codeb_tui.domain.errors import TransitionRefused
 from codeb_tui.domain.model import Environment, SlotName, SlotState, utcnow
 from codeb_tui.engine.context import Context
+from codeb_tui.engine.hosts import on_hosts
 from codeb_tui.engine.operation import OperationRun
 from codeb_tui.engine.proxy_switch import commit
 
@@ -60,7 +61,8 @@ async def cleanup(ctx: Context, run: OperationRun, lock: ProjectLock, project: s
                 async with run.step(f"remove {name} ({env.value}) {slot.name.value}"):
                     pair = await commit(ctx, run, pair, pair.with_slot(slot.emptied()),
                                         expected_version=pair.version)
-                    await ctx.host.docker.remove(slot.container_name or slot.container_id or "")
+                    await on_hosts(ctx, pair.hosts, lambda host, slot=slot: host.docker.remove(
+                        slot.container_name or slot.container_on(host.name) or ""))
                     run.slot, run.from_state, run.to_state = slot.name.value, slot.state.value, "empty"
                     cleaned.append(f"{name}-{env.suffix}-{slot.name.value}")
                     run.log(f"removed {slot.image} from {name} ({env.value}) {slot.name.value}")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from codeb_tui.domain import events
 from codeb_tui.domain.access import (
@@ -36,14 +37,16 @@ from codeb_tui.domain.model import (
     validate_image_ref,
     validate_project_name,
 )
-from codeb_tui.domain.status import PortsReport, SlotStatus
+from codeb_tui.domain.status import HostState, PortsReport, SlotStatus
+from codeb_tui.domain.hosts import HostCheck, HostInfo, HostKeyOffer
 from codeb_tui.engine import cleanup as cleanup_procedure
 from codeb_tui.engine import deploy as deploy_procedure
-from codeb_tui.engine import port_book, proxy_switch, recovery, switch
+from codeb_tui.engine import host_status, port_book, proxy_switch, recovery, switch
+from codeb_tui.engine import host_checks
 from codeb_tui.engine import reconcile as reconcile_procedure
 from codeb_tui.engine import status as status_procedure
 from codeb_tui.engine.access import admit
-from codeb_tui.engine.audit import record_operation
+from codeb_tui.engine.audit import REFUSAL_PATIENCE, record_operation
 from codeb_tui.engine.context import Context
 from codeb_tui.engine.history import History
 from codeb_tui.engine.operation import OperationRun, run_operation
@@ -51,7 +54,8 @@ from codeb_tui.engine.reconcile import ReconcileReport
 from codeb_tui.infra.host import Host, LocalHost
 from codeb_tui.infra.image_registry import ImageRegistry
 from codeb_tui.registry.files import FileRegistry
-from codeb_tui.registry.locks import current_actor, describe_holder
+from codeb_tui.registry.locks import current_actor, describe_holder, is_locked, read_holder
+from codeb_tui.registry.watch import RegistryWatcher
 from codeb_tui.store import Store, StoreError, StoreRefused, load_migrations, open_store
 from codeb_tui.store.base import ApiKeyRow, AuditRecord, TeamRow
 
@@ -71,6 +75,26 @@ class ServicesState:
     proxy_empty: bool = False
     """Caddy answers but does not carry codeb's routes (restarted empty): nothing is served
     until `reconcile --repair` loads them again."""
+
+
+@dataclass(frozen=True)
+class RunningOperation:
+    """An operation holding a project lock, as its lock file names it."""
+
+    project: str
+    environment: Environment
+    what: str
+    """The lock's purpose: `deploy shop (production)`."""
+    step: str | None
+    actor: str
+    since: datetime | None
+
+
+def _parsed_time(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -108,6 +132,7 @@ class Engine:
         )
         url = config.docker.registry_url
         self._images = ImageRegistry(url) if url else None
+        self._containers = status_procedure.ContainerListing()
 
     @property
     def context(self) -> Context:
@@ -140,9 +165,15 @@ class Engine:
             raise
         run.actor, run.team = checked.actor, checked.team
 
-    def _lock(self, run: OperationRun, project: str, env: Environment):
-        return self._ctx.registry.project_lock(project, env, run.operation, actor=run.actor,
-                                               on_wait=run.log)
+    @asynccontextmanager
+    async def _lock(self, run: OperationRun, project: str, env: Environment):
+        async with self._ctx.registry.project_lock(project, env, run.operation, actor=run.actor,
+                                                   on_wait=run.log) as holder:
+            run.on_step = holder.note_step  # other consoles read the step from the lock file
+            try:
+                yield
+            finally:
+                run.on_step = None
 
     def _operation(self, principal: Principal, operation: str, project: str, environment: str,
                    body: Callable[[OperationRun], Awaitable[tuple[str, dict]]],
@@ -171,16 +202,21 @@ class Engine:
 
     # operations ------------------------------------------------------------------------------
     def deploy(self, principal: Principal, project: str, image: str,
-               environment: str = "production", confirm_grace: bool = False
-               ) -> AsyncIterator[events.Event]:
+               environment: str = "production", confirm_grace: bool = False,
+               hosts: list[str] | None = None) -> AsyncIterator[events.Event]:
+        """`hosts`: where a first deploy puts the project (--host); default config
+        `projects.<name>.hosts`, else the local host. Later deploys go where its slot file says."""
         async def body(run: OperationRun) -> tuple[str, dict]:
             name, env = self._validated(run)
             validate_image_ref(image)
+            for host in hosts or ():
+                self._ctx.host_named(host)  # an unknown host is bad input, refused first
             run.touched = True
             await self._admit_run(run, principal, "deploy", env.value)
             async with self._lock(run, name, env):
                 await self._recover(run, name, env)
-                return await deploy_procedure.deploy(self._ctx, run, name, env, image, confirm_grace)
+                return await deploy_procedure.deploy(self._ctx, run, name, env, image, confirm_grace,
+                                                     tuple(hosts) if hosts else None)
 
         return self._operation(principal, "deploy", project, str(environment), body,
                                detail=image, image=image)
@@ -238,6 +274,53 @@ class Engine:
         env_filter = Environment.parse(environment) if environment else None
         await self._admit(principal, "status", env_filter.value if env_filter else None)
         return await status_procedure.status(self._ctx, project, env_filter, live)
+
+    async def check_slots(self, principal: Principal,
+                          slots: Sequence[SlotStatus]) -> list[SlotStatus]:
+        """Check these slots now: the records with fresh health (and container state, from a
+        listing at most CONTAINERS_MAX_AGE old), the registry not read again. Checks start in
+        the order given: pass the slots on screen first."""
+        for env in {s.environment for s in slots}:
+            await self._admit(principal, "status", env.value)
+        return await status_procedure.check(self._ctx, slots, self._containers)
+
+    async def host_states(self, principal: Principal) -> list[HostState]:
+        """Whether each host (`local` and every host of the config) answers, each within its
+        request timeout; a host known down answers at once while it is asked again in the
+        background (the console's top bar)."""
+        await self._admit(principal, "status")
+        return await host_status.host_states(self._ctx, self._ctx.host_names())
+
+    def host_names(self) -> list[str]:
+        """`local` and every host of the config."""
+        return self._ctx.host_names()
+
+    # `codeb host list | check | trust` (engine/host_checks.py) ---------------------------------
+    async def hosts(self, principal: Principal) -> list[HostInfo]:
+        await self._admit(principal, "host.check")
+        return host_checks.host_list(self._ctx)
+
+    async def check_hosts(self, principal: Principal,
+                          names: Sequence[str] | None = None) -> list[HostCheck]:
+        """Each host (all when `names` is empty) asked at once: reachable, Docker and Caddy
+        versions, latency; a host that is down is reported, never waited on past its timeouts."""
+        await self._admit(principal, "host.check")
+        return await host_checks.check_hosts(self._ctx, list(names or []))
+
+    async def host_key(self, principal: Principal, name: str) -> HostKeyOffer:
+        """The SSH key host `name` offers and what known_hosts records for it."""
+        await self._admit(principal, "host.trust")
+        return await host_checks.host_key(self._ctx, name)
+
+    async def trust_host(self, principal: Principal, name: str, fingerprint: str) -> HostKeyOffer:
+        """Record host `name`'s key in known_hosts, if it still offers `fingerprint` (the one
+        the operator confirmed). Audited."""
+        checked = await self._admit(principal, "host.trust")
+        offer = await host_checks.trust_host(self._ctx, name, fingerprint)
+        await self.audit_event(checked.actor, checked.team, "host.trust", "success",
+                               {"host": name, "fingerprint": fingerprint,
+                                "known_hosts": offer.known_hosts})
+        return offer
 
     async def ports(self, principal: Principal) -> PortsReport:
         await self._admit(principal, "ports")
@@ -303,27 +386,55 @@ class Engine:
             return None
         return describe_holder(registry.lock_path(f"{project}-{environment.suffix}"))
 
-    def registry_signature(self) -> tuple:
-        """mtimes and sizes of slot files and lock files: a cheap stat per file, to notice
-        changes made by other processes."""
+    def running_operations(self) -> list[RunningOperation]:
+        """Every operation holding a project lock right now, in any process (another console,
+        an SSH session, the API, the CLI): a listing of the lock folder and one record each."""
         registry = self._ctx.registry
-        sig = []
-        for folder in (registry.slots_dir, registry.root / "locks"):
-            try:
-                with os.scandir(folder) as entries:
-                    for entry in entries:
-                        st = entry.stat()
-                        sig.append((entry.name, st.st_mtime_ns, st.st_size))
-            except FileNotFoundError:
+        by_suffix = {env.suffix: env for env in Environment}
+        found = []
+        try:
+            names = sorted(p.name for p in (registry.root / "locks").glob("*.lock"))
+        except OSError:
+            return []
+        for name in names:
+            project, _, suffix = name[:-len(".lock")].rpartition("-")
+            env = by_suffix.get(suffix)
+            path = registry.lock_path(name[:-len(".lock")])
+            if env is None or not project or not is_locked(path):
                 continue
-        return tuple(sorted(sig))
+            holder = read_holder(path) or {}
+            found.append(RunningOperation(project, env, holder.get("purpose", "?"),
+                                          holder.get("step"), holder.get("user", "?"),
+                                          _parsed_time(holder.get("since"))))
+        return found
+
+    async def audit_event(self, actor: str, team: str | None, action: str, result: str,
+                          detail: dict, log: str = "") -> str | None:
+        """One audit row that belongs to no operation: the SSH server's refusals (with the
+        key's fingerprint) and the end of a console session. Returns the warning when the row
+        went to the journal instead of the database."""
+        now = datetime.now(timezone.utc)
+        row = AuditRecord(operation_id=uuid.uuid4().hex, actor=actor, team=team, action=action,
+                          project=None, environment=None, from_state=None, to_state=None,
+                          result=result, duration_ms=0.0, created_at=now, detail=detail, log=log)
+        try:
+            return await self._ctx.history.record(None, row, [], REFUSAL_PATIENCE)
+        except OSError as exc:
+            return f"audit row not recorded: {exc}"
+
+    def watch_registry(self) -> RegistryWatcher:
+        """Changes to slot files and lock files made by anyone, as they happen (`async for`
+        over it: `RegistryChanges` batches); file-system events, a slow stat without them."""
+        return RegistryWatcher(self._ctx.registry, self.config.console.registry_watch_interval)
 
     async def container_logs(self, principal: Principal, project: str, environment: Environment,
                              slot: SlotName, tail: int = 200) -> AsyncIterator[str]:
         """The slot container's log lines, following until the caller stops."""
         await self._admit(principal, "status", environment.value)
         name = container_name(validate_project_name(project), environment, slot)
-        async for line in self._ctx.host.docker.stream_logs(name, tail=tail):
+        pair = await self._ctx.registry.aread_slots(project, environment)
+        host = self._ctx.host_named(pair.hosts[0]) if pair is not None else self._ctx.host
+        async for line in host.docker.stream_logs(name, tail=tail):  # its first host's
             yield line
 
     async def images(self, principal: Principal) -> list[str]:
@@ -444,5 +555,5 @@ def dumps_event(event: events.Event) -> str:
     return json.dumps(event.to_json(), default=str)
 
 
-__all__ = ["DbMigration", "DbStatus", "Engine", "Principal", "ServicesState", "StoreError",
+__all__ = ["DbMigration", "DbStatus", "Engine", "Principal", "RunningOperation", "ServicesState", "StoreError",
            "StoreRefused", "TeamSummary", "dumps_event", "local_principal"]

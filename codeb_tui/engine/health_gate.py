@@ -12,15 +12,19 @@ from codeb_tui.domain.model import HealthRecord, Slot, utcnow
 from codeb_tui.engine.context import Context
 from codeb_tui.infra.docker_engine import ContainerInfo
 from codeb_tui.infra.health import HealthResult
+from codeb_tui.infra.host import Host
 
 
 async def wait_healthy(ctx: Context, log: Callable[[str], None], container: ContainerInfo,
-                       port: int) -> HealthRecord:
+                       port: int, host: Host | None = None,
+                       waiting: Callable[[float, float, str], None] | None = None) -> HealthRecord:
     """Docker's own health status if the image has one, then GET /health answering 2xx/3xx,
-    within health.timeout."""
-    docker, health = ctx.host.docker, ctx.host.health
+    within health.timeout, on `host` (the local one by default). After each answer that is not
+    healthy yet, `waiting(seconds elapsed, timeout, last answer)`."""
+    docker, health = (host or ctx.host).docker, (host or ctx.host).health
     timeout = ctx.config.health.timeout
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     last = "no answer yet"
     announced = None
     has_docker_health = container.health is not None
@@ -52,6 +56,8 @@ async def wait_healthy(ctx: Context, log: Callable[[str], None], container: Cont
         if last != announced:
             log(f"waiting: {last}")
             announced = last
+        if waiting is not None:
+            waiting(min(time.monotonic() - started, timeout), timeout, last)
         if time.monotonic() >= deadline:
             raise HealthCheckFailed(
                 f"Health check failed: {container.name} not healthy within {timeout:g} s (last: {last})"
@@ -64,15 +70,17 @@ def _healthy(ctx: Context, log: Callable[[str], None], result: HealthResult) -> 
     return HealthRecord(True, result.detail, utcnow(), result.latency_ms)
 
 
-async def check_slot(ctx: Context, slot: Slot, what: str) -> HealthRecord:
-    """A final check of a slot that should be serving: its container runs and /health answers."""
+async def check_slot(ctx: Context, slot: Slot, what: str, host: Host | None = None) -> HealthRecord:
+    """A final check of a slot that should be serving, on `host` (the local one by default):
+    its container runs and /health answers."""
+    host = host or ctx.host
     # By id: the name may be held by a container an interrupted deploy started, which never
     # passed this gate.
-    info = await ctx.host.docker.inspect(slot.container_id or slot.container_name or "")
+    info = await host.docker.inspect(slot.container_on(host.name) or slot.container_name or "")
     if info is None or info.status != "running":
         state = "missing" if info is None else info.status
         raise HealthCheckFailed(f"{what}: container {slot.container_name} is {state}")
-    result = await ctx.host.health.check(slot.port)
+    result = await host.health.check(slot.port)
     if not result.ok:
         raise HealthCheckFailed(f"{what}: GET {ctx.config.health.path} on port {slot.port} -> {result.detail}")
     return HealthRecord(True, result.detail, utcnow(), result.latency_ms)

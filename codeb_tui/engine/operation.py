@@ -46,6 +46,11 @@ class OperationRun:
     """Whether the body got past validation (a refused bad input leaves no trace anywhere)."""
     written: list[Any] = field(default_factory=list)
     """The slot files (ProjectSlots) the body wrote, for the database rows after it."""
+    hosts: tuple[str, ...] = ("local",)
+    """The hosts the operation works on (the project's, from its slot file or its first deploy)."""
+    on_step: Callable[[str], None] | None = None
+    """Told each step's name as it starts: the facade writes it into the project lock's holder
+    record, where every other console reads who is doing what."""
     _t0: float = field(default_factory=time.perf_counter)
 
     def _common(self) -> dict[str, Any]:
@@ -57,8 +62,13 @@ class OperationRun:
         }
 
     def emit(self, event: events.Event) -> None:
-        self.lines.append(f"{event.ts:%H:%M:%S} {event.line()}")
+        if not event.transient:
+            self.lines.append(f"{event.ts:%H:%M:%S} {event.line()}")
         self.queue.put_nowait(event)
+
+    def progress(self, kind: type[events.Progress], **fields: Any) -> None:
+        """How far a step is (a transient event: in no log nor history)."""
+        self.emit(kind(**fields, **self._common()))
 
     def log(self, message: str, level: str = "info") -> None:
         self.emit(events.Log(message=message, level=level, **self._common()))
@@ -74,6 +84,8 @@ class OperationRun:
     @asynccontextmanager
     async def step(self, name: str):
         self.current_step = name
+        if self.on_step is not None:
+            self.on_step(name)
         self.emit(events.StepStarted(step=name, **self._common()))
         started = time.perf_counter()
         ok = False

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
-from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState
+from codeb_tui.domain.model import LOCAL_HOST, Environment, ProjectSlots, Slot, SlotName, SlotState
 from codeb_tui.domain.ports import PortSources, allocate_port_pair
 from codeb_tui.domain.status import (
     EnvironmentPorts,
@@ -20,20 +21,31 @@ from codeb_tui.domain.status import (
     PortsReport,
 )
 from codeb_tui.engine.context import Context
+from codeb_tui.engine.hosts import on_hosts
+from codeb_tui.infra.docker_engine import ContainerInfo
+from codeb_tui.infra.host import Host
 
 SeenPorts = tuple[frozenset[int], frozenset[int]]
 """(ports of codeb's containers, ports some program listens on)."""
 
 
-async def seen_ports(ctx: Context) -> SeenPorts:
-    """Ports of codeb's containers (running or not) and ports listening on the host."""
-    containers, listening = await asyncio.gather(
-        ctx.host.docker.list_slot_containers(), ctx.host.listening_ports())
-    return frozenset(c.port for c in containers if c.port is not None), frozenset(listening)
+async def seen_ports(ctx: Context, hosts: Sequence[str] = (LOCAL_HOST,)) -> SeenPorts:
+    """Ports of codeb's containers (running or not) and ports listening, on every one of
+    `hosts`: a project's pair must be free on each host it runs on."""
+
+    async def on(host: Host) -> tuple[list[ContainerInfo], set[int]]:
+        return await asyncio.gather(host.docker.list_slot_containers(), host.listening_ports())
+
+    containers: set[int] = set()
+    listening: set[int] = set()
+    for found, ports in await on_hosts(ctx, hosts, on):
+        containers |= {c.port for c in found if c.port is not None}
+        listening |= ports
+    return frozenset(containers), frozenset(listening)
 
 
 async def reserve_ports(ctx: Context, project: str, env: Environment, seen: SeenPorts,
-                        actor: str) -> ProjectSlots:
+                        actor: str, hosts: Sequence[str] = (LOCAL_HOST,)) -> ProjectSlots:
     """Allocate a pair, write it into ssot.json and write the project's slot file with both
     slots empty, so that a process killed from here on leaves a pair its project owns rather
     than a leak. `seen` may be read before the lock is taken: another codeb process writes its
@@ -50,7 +62,8 @@ async def reserve_ports(ctx: Context, project: str, env: Environment, seen: Seen
         ssot.allocated[blue] = project
         ssot.allocated[green] = project
         await registry.awrite_ssot(ssot)
-        empty = ProjectSlots(project, env, Slot(SlotName.BLUE, blue), Slot(SlotName.GREEN, green))
+        empty = ProjectSlots(project, env, Slot(SlotName.BLUE, blue), Slot(SlotName.GREEN, green),
+                             hosts=tuple(hosts))
         return await registry.awrite_slots(empty, expected_version=0)
 
 
@@ -99,12 +112,13 @@ def _valid_installation(value: object) -> bool:
     return isinstance(value, str) and 8 <= len(value) <= 64 and value.isalnum()
 
 
-async def ports_report(ctx: Context) -> PortsReport:
+async def ports_report(ctx: Context, host: Host | None = None) -> PortsReport:
     """Each environment's range with used and free pairs, and every disagreement between
-    ssot.json, codeb's containers and the sockets listening on the host."""
+    ssot.json, codeb's containers and the sockets listening on `host` (the local one by
+    default)."""
+    host = host or ctx.host
     ssot, containers, listening = await asyncio.gather(
-        ctx.registry.aread_ssot(), ctx.host.docker.list_slot_containers(),
-        ctx.host.listening_ports())
+        ctx.registry.aread_ssot(), host.docker.list_slot_containers(), host.listening_ports())
     by_port = {c.port: c for c in containers if c.port is not None}
     running_ports = {c.port for c in containers if c.status == "running"}
     ranges = {env: ctx.config.env(env).ports for env in Environment}

@@ -31,7 +31,7 @@ from codeb_tui.engine import port_book, proxy_switch, recovery
 from codeb_tui.engine.audit import slot_rows
 from codeb_tui.engine.context import Context
 from codeb_tui.domain.errors import CodebError
-from codeb_tui.domain.model import Environment, ProjectSlots, SlotState, container_name
+from codeb_tui.domain.model import LOCAL_HOST, Environment, ProjectSlots, SlotState, container_name
 from codeb_tui.domain.proxy import live_routes
 from codeb_tui.domain.status import PortConflictKind, PortsReport
 from codeb_tui.infra.docker_engine import (
@@ -41,6 +41,7 @@ from codeb_tui.infra.docker_engine import (
     LABEL_SLOT,
     ContainerInfo,
 )
+from codeb_tui.infra.host import Host
 from codeb_tui.registry.files import Ssot
 from codeb_tui.store.base import AuditRecord, SlotRow, StoreError
 
@@ -83,6 +84,8 @@ class Drift:
     container: str | None = None  # orphan_container / missing_container: its name
     container_id: str | None = None
     port: int | None = None  # proxy_drift / port_conflict
+    host: str | None = None
+    """The remote host a container, route or port drift is on (None: this machine)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,7 +93,7 @@ class Drift:
             "slot": self.slot, "detail": self.detail, "fixable": self.fixable, "fixed": self.fixed,
             "field": self.field, "file_value": _plain(self.file_value),
             "db_value": _plain(self.db_value), "container": self.container,
-            "container_id": self.container_id, "port": self.port,
+            "container_id": self.container_id, "port": self.port, "host": self.host,
         }
 
 
@@ -235,12 +238,15 @@ def _parse_live_routes(config: dict[str, Any] | None) -> list[LiveRoute]:
     return found
 
 
-async def _live_proxy(ctx: Context) -> dict[str, tuple[int | None, str | None]]:
-    """host -> (port, route @id) as traffic flows right now: Caddy's live config, each route
-    gated by a `file` matcher taken only if its marker file exists (switch_mode file)."""
-    routes = _parse_live_routes(await ctx.host.caddy.current())
+async def _live_proxy(ctx: Context, host: Host | None = None
+                      ) -> dict[str, tuple[int | None, str | None]]:
+    """host -> (port, route @id) as traffic flows right now: Caddy's live config (on `host`,
+    the local one by default), each route gated by a `file` matcher taken only if its marker
+    file exists (switch_mode file)."""
+    host = host or ctx.host
+    routes = _parse_live_routes(await host.caddy.current())
     roots = sorted({r.marker[0] for r in routes if r.marker is not None})
-    listed = await asyncio.gather(*[ctx.host.list_files(Path(root)) for root in roots])
+    listed = await asyncio.gather(*[host.list_files(Path(root)) for root in roots])
     present = dict(zip(roots, listed))
     live: dict[str, tuple[int | None, str | None]] = {}
     for route in routes:
@@ -253,9 +259,26 @@ async def _live_proxy(ctx: Context) -> dict[str, tuple[int | None, str | None]]:
     return live
 
 
-def _expected_proxy(ctx: Context, all_pairs: list[ProjectSlots]) -> dict[str, tuple[int, str]]:
-    """host -> (port, tag) as traffic should flow for the files, in either switch mode."""
-    return live_routes(ctx.config, all_pairs)
+def _expected_proxy(ctx: Context, all_pairs: list[ProjectSlots],
+                    host: str = LOCAL_HOST) -> dict[str, tuple[int, str]]:
+    """host name -> (port, tag) as traffic should flow for the files, in either switch mode,
+    through the proxy on `host`."""
+    return live_routes(ctx.proxy_config(host), all_pairs)
+
+
+async def _fetch_host(ctx: Context, name: str) -> list[tuple[Any, BaseException | None]]:
+    """A remote host's containers, live routes and ports, each within its request timeout."""
+    spec = ctx.config.hosts.get(name)
+    timeout = spec.request_timeout + spec.connect_timeout if spec is not None else 5.0
+
+    async def bounded(make) -> Any:
+        host = ctx.host_named(name)
+        return await asyncio.wait_for(make(host), timeout)
+
+    return list(await asyncio.gather(
+        _guard(bounded(lambda host: host.docker.list_slot_containers())),
+        _guard(bounded(lambda host: _live_proxy(ctx, host))),
+        _guard(bounded(lambda host: port_book.ports_report(ctx, host)))))
 
 
 async def _guard(coro) -> tuple[Any, BaseException | None]:
@@ -392,14 +415,27 @@ async def reconcile(ctx: Context, actor: str, repair: bool = False, prune: bool 
                 report.errors.append(f"replaying the history journal failed: {replayed.error}")
             drift.fixed = await ctx.history.pending() == 0
 
-    # 4. Containers, proxy and ports.
+    # 4. Containers, proxy and ports, on each host: the local one, then every remote host a
+    # project lives on (asked all at once, each within its request timeout).
     if live:
         # Read, never written here: without an id no container can carry it, so none is ours.
         installation = results[1][0].extra.get(port_book.INSTALLATION_KEY) if results[1][0] else None
-        _check_containers(ctx, report, all_pairs, pairs, in_scope, corrupt, installation,
-                          *results[2])
-        _check_proxy(ctx, report, all_pairs, in_scope, corrupt, *results[3])
-        _check_ports(report, all_pairs, in_scope, results[1][0], *results[4])
+        remote = sorted({h for p in all_pairs for h in p.hosts} - {LOCAL_HOST})
+        fetched = [(LOCAL_HOST, results[2:5]),
+                   *zip(remote, await asyncio.gather(*[_fetch_host(ctx, n) for n in remote]))]
+        report.timings_ms["fetch_hosts"] = (time.perf_counter() - lap) * 1000
+        for name, (containers, proxy, ports) in fetched:
+            on = [p for p in all_pairs if name in p.hosts]
+            first = len(report.drift)
+            _check_containers(ctx, report, on, [p for p in pairs if name in p.hosts], in_scope,
+                              corrupt, installation, *containers, host=name)
+            _check_proxy(ctx, report, on, in_scope, corrupt, *proxy, host=name)
+            elsewhere = {s.port for p in all_pairs if name not in p.hosts for s in p.slots()}
+            _check_ports(report, on, in_scope, results[1][0], *ports, host=name,
+                         elsewhere=elsewhere)
+            if name != LOCAL_HOST:
+                for drift in report.drift[first:]:
+                    drift.host, drift.detail = name, f"{name}: {drift.detail}"
     report.timings_ms["compare"] = (time.perf_counter() - lap) * 1000
 
     # 5. Repairs.
@@ -459,7 +495,7 @@ def _busy(ctx: Context, project: str, environment: str | None) -> bool:
 def _check_containers(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectSlots],
                       pairs: list[ProjectSlots], in_scope, corrupt: set[tuple[str, str]],
                       installation: str | None, containers: list[ContainerInfo] | None,
-                      error: BaseException | None) -> None:
+                      error: BaseException | None, host: str = LOCAL_HOST) -> None:
     """Each non-empty slot's container, known by the id its slot file records, must run under
     its name; a container of this installation that no slot references is an orphan.
     Containers of other installations sharing the Docker engine are not looked at."""
@@ -469,7 +505,7 @@ def _check_containers(ctx: Context, report: ReconcileReport, all_pairs: list[Pro
             f"Docker is unreachable ({error}); containers were not checked. cannot fix: "
             "start Docker (or correct docker.endpoint), then reconcile again", fixable=False))
         return
-    report.checked["containers"] = len(containers)
+    report.checked[_at("containers", host)] = len(containers)
     by_name = {c.name: c for c in containers}
     by_id = {c.id: c for c in containers}
     referenced: set[str] = set()
@@ -479,8 +515,8 @@ def _check_containers(ctx: Context, report: ReconcileReport, all_pairs: list[Pro
         for slot in pair.slots():
             if slot.state is SlotState.EMPTY:
                 continue
-            found = (by_id.get(slot.container_id) if slot.container_id
-                     else by_name.get(slot.container_name or ""))
+            ident = slot.container_on(host)
+            found = by_id.get(ident) if ident else by_name.get(slot.container_name or "")
             if found is not None:
                 referenced.add(found.id)
             if (pair.project, pair.environment) not in scoped:
@@ -554,7 +590,7 @@ def _check_allocations(ctx: Context, report: ReconcileReport, all_pairs: list[Pr
 def _check_proxy(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectSlots], in_scope,
                  corrupt: set[tuple[str, str]],
                  live: dict[str, tuple[int | None, str | None]] | None,
-                 error: BaseException | None) -> None:
+                 error: BaseException | None, host: str = LOCAL_HOST) -> None:
     if error is not None or live is None:
         report.drift.append(Drift(
             DriftKind.PROXY_UNREACHABLE, None, None, None,
@@ -567,9 +603,9 @@ def _check_proxy(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectS
         for slot in pair.slots():
             tag = f"{pair.project}-{pair.environment.suffix}-{slot.name.value}"
             by_tag[tag] = by_tag[tag + "-preview"] = (pair, slot)
-    expected = _expected_proxy(ctx, all_pairs)
-    report.checked["routes_expected"] = len(expected)
-    report.checked["routes_live"] = len(live)
+    expected = _expected_proxy(ctx, all_pairs, host)
+    report.checked[_at("routes_expected", host)] = len(expected)
+    report.checked[_at("routes_live", host)] = len(live)
     for host, (port, tag) in expected.items():
         pair, slot = by_tag[tag.removeprefix("codeb-")]
         if not in_scope(pair.project):
@@ -606,6 +642,11 @@ def _check_proxy(ctx: Context, report: ReconcileReport, all_pairs: list[ProjectS
             "serves that host", fixable=True, port=live_port))
 
 
+def _at(key: str, host: str) -> str:
+    """The `checked` counter of `key` on `host` ("containers", "containers@web1")."""
+    return key if host == LOCAL_HOST else f"{key}@{host}"
+
+
 def _project_from_tag(tag: str) -> str | None:
     tag = tag.removeprefix("codeb-").removesuffix("-preview")
     for suffix in ("prod", "staging", "preview"):
@@ -618,7 +659,10 @@ def _project_from_tag(tag: str) -> str | None:
 
 def _check_ports(report: ReconcileReport, all_pairs: list[ProjectSlots], in_scope,
                  ssot: Ssot | None, ports: PortsReport | None,
-                 error: BaseException | None) -> None:
+                 error: BaseException | None, host: str = LOCAL_HOST,
+                 elsewhere: set[int] = frozenset()) -> None:
+    """Ports of `host` another program holds. `elsewhere`: ports of projects on other hosts
+    (pairs are given out once for all hosts; on this one they are anybody's)."""
     if error is not None or ports is None:
         return  # Docker unreachable: already reported by the container check
     by_port = {slot.port: (pair, slot) for pair in all_pairs for slot in pair.slots()}
@@ -628,6 +672,8 @@ def _check_ports(report: ReconcileReport, all_pairs: list[ProjectSlots], in_scop
                                  PortConflictKind.OWNER_MISMATCH):
             continue  # foreign listeners outside codeb's allocations only narrow allocation
         port = conflict.port
+        if port in elsewhere or (host != LOCAL_HOST and port not in by_port):
+            continue
         pair, slot = by_port.get(port, (None, None))
         project = pair.project if pair else None
         if project is None:
@@ -677,6 +723,7 @@ async def _prune(ctx: Context, actor: str, report: ReconcileReport) -> None:
     does not reference it."""
     for drift in report.of_kind(DriftKind.ORPHAN_CONTAINER):
         ident = drift.container_id or drift.container or ""
+        host = ctx.host_named(drift.host or LOCAL_HOST)
         try:
             env = Environment.parse(drift.environment or "")
         except CodebError:
@@ -686,11 +733,11 @@ async def _prune(ctx: Context, actor: str, report: ReconcileReport) -> None:
                 async with ctx.registry.project_lock(drift.project, env, "prune orphan container",
                                                      actor=actor):
                     pair = await ctx.registry.aread_slots(drift.project, env)
-                    if drift.container_id in recovery.serving_slots(pair):
+                    if drift.container_id in recovery.serving_slots(pair, host.name):
                         continue
-                    await ctx.host.docker.remove(ident)
+                    await host.docker.remove(ident)
             else:
-                await ctx.host.docker.remove(ident)
+                await host.docker.remove(ident)
         except CodebError as exc:
             report.errors.append(f"removing {drift.container} failed: {exc}")
             continue
@@ -723,20 +770,24 @@ async def _release_leaked_ports(ctx: Context, actor: str, report: ReconcileRepor
 async def _restore_containers(ctx: Context, actor: str, report: ReconcileReport) -> None:
     """Start stopped (or renamed-aside) slot containers again under their names, one
     project+environment at a time under its lock (orphans holding a name were pruned first)."""
-    keys = sorted({(d.project, d.environment) for d in report.of_kind(DriftKind.STOPPED_CONTAINER)
+    keys = sorted({(d.project, d.environment, d.host or LOCAL_HOST)
+                   for d in report.of_kind(DriftKind.STOPPED_CONTAINER)
                    if d.fixable and d.project and d.environment})
-    for project, environment in keys:
+    for project, environment, host_name in keys:
         env = Environment(environment)
+        host = ctx.host_named(host_name)
         drifts = [d for d in report.of_kind(DriftKind.STOPPED_CONTAINER)
-                  if (d.project, d.environment) == (project, environment)]
+                  if (d.project, d.environment, d.host or LOCAL_HOST)
+                  == (project, environment, host_name)]
         try:
             async with ctx.registry.project_lock(project, env, "restart slot containers",
                                                  actor=actor):
                 pair = await ctx.registry.aread_slots(project, env)
-                containers = await ctx.host.docker.list_slot_containers(
+                containers = await host.docker.list_slot_containers(
                     project=project, environment=environment)
                 done = await recovery.restore_referenced(
-                    ctx, lambda line: None, project, env, pair, containers, start_stopped=True)
+                    ctx, lambda line: None, project, env, pair, containers, start_stopped=True,
+                    host=host)
         except CodebError as exc:
             report.errors.append(f"{project} ({environment}): containers not restarted: {exc}")
             continue

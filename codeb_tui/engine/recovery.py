@@ -18,35 +18,53 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from codeb_tui.domain.errors import HealthCheckFailed
-from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotState, container_name
+from codeb_tui.domain.model import (
+    LOCAL_HOST,
+    Environment,
+    ProjectSlots,
+    Slot,
+    SlotState,
+    container_name,
+)
 from codeb_tui.engine.context import Context
 from codeb_tui.engine.health_gate import wait_healthy
+from codeb_tui.engine.hosts import host_label, on_hosts
 from codeb_tui.engine.port_book import installation_id
 from codeb_tui.infra.docker_engine import LABEL_INSTALLATION, ContainerInfo
+from codeb_tui.infra.host import Host
 
 
-def serving_slots(pair: ProjectSlots | None) -> dict[str, Slot]:
-    """container id -> slot, for the slots that should have a container."""
+def serving_slots(pair: ProjectSlots | None, host: str = LOCAL_HOST) -> dict[str, Slot]:
+    """container id -> slot, for the slots that should have a container on `host`."""
     if pair is None:
         return {}
-    return {s.container_id: s for s in pair.slots()
-            if s.state is not SlotState.EMPTY and s.container_id}
+    return {s.container_on(host): s for s in pair.slots()
+            if s.state is not SlotState.EMPTY and s.container_on(host)}
 
 
 async def recover(ctx: Context, log: Callable[[str], None], project: str, env: Environment,
                   pair: ProjectSlots | None) -> list[str]:
-    """Undo what an interrupted operation left of this project+environment (the caller holds
-    the project lock). Returns what was done, one phrase each."""
-    containers = await ctx.host.docker.list_slot_containers(project=project, environment=env.value)
-    done = await remove_unreferenced(ctx, pair, containers)
-    done += await restore_referenced(ctx, log, project, env, pair, containers, start_stopped=False)
-    return done
+    """Undo what an interrupted operation left of this project+environment on each of its
+    hosts (the caller holds the project lock). Returns what was done, one phrase each."""
+    names = pair.hosts if pair is not None else (LOCAL_HOST,)
+
+    async def on(host: Host) -> list[str]:
+        containers = await host.docker.list_slot_containers(project=project,
+                                                            environment=env.value)
+        done = await remove_unreferenced(ctx, pair, containers, host)
+        done += await restore_referenced(ctx, log, project, env, pair, containers,
+                                         start_stopped=False, host=host)
+        return [host_label(host, names) + line for line in done]
+
+    return [line for lines in await on_hosts(ctx, names, on) for line in lines]
 
 
 async def remove_unreferenced(ctx: Context, pair: ProjectSlots | None,
-                              containers: list[ContainerInfo]) -> list[str]:
+                              containers: list[ContainerInfo],
+                              host: Host | None = None) -> list[str]:
     """Remove this installation's containers of the project+environment no slot references."""
-    referenced = serving_slots(pair)
+    host = host or ctx.host
+    referenced = serving_slots(pair, host.name)
     if all(c.id in referenced for c in containers):
         return []
     ours = await installation_id(ctx, create=False)
@@ -54,7 +72,7 @@ async def remove_unreferenced(ctx: Context, pair: ProjectSlots | None,
     for container in containers:
         if container.id in referenced or container.labels.get(LABEL_INSTALLATION) != ours:
             continue
-        await ctx.host.docker.remove(container.id)
+        await host.docker.remove(container.id)
         done.append(f"removed {container.name} ({container.image}, {container.status}), "
                     "which no slot references")
     return done
@@ -62,14 +80,16 @@ async def remove_unreferenced(ctx: Context, pair: ProjectSlots | None,
 
 async def restore_referenced(ctx: Context, log: Callable[[str], None], project: str,
                              env: Environment, pair: ProjectSlots | None,
-                             containers: list[ContainerInfo], start_stopped: bool) -> list[str]:
+                             containers: list[ContainerInfo], start_stopped: bool,
+                             host: Host | None = None) -> list[str]:
     """Give each slot's container its name back and start it again (a renamed one always: an
     interrupted deploy stopped it; one stopped under its own name only with `start_stopped`),
     then wait for its health, so that a rollback right after finds its target answering."""
-    docker = ctx.host.docker
+    host = host or ctx.host
+    docker = host.docker
     by_id = {c.id: c for c in containers}
     done = []
-    for container_id, slot in serving_slots(pair).items():
+    for container_id, slot in serving_slots(pair, host.name).items():
         found = by_id.get(container_id)
         if found is None:
             continue  # gone: nothing to restore here (reconcile reports it)
@@ -90,7 +110,7 @@ async def restore_referenced(ctx: Context, log: Callable[[str], None], project: 
             try:
                 if restarted is None:
                     raise HealthCheckFailed(f"{expected} disappeared")
-                await wait_healthy(ctx, log, restarted, slot.port)
+                await wait_healthy(ctx, log, restarted, slot.port, host=host)
             except HealthCheckFailed as exc:
                 # Left as it was found rather than crash-looping on its restart policy.
                 await docker.stop(found.id)

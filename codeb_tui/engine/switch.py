@@ -11,6 +11,7 @@ from codeb_tui.domain.errors import HealthCheckFailed, TransitionRefused
 from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotState, utcnow
 from codeb_tui.engine.context import Context
 from codeb_tui.engine.health_gate import check_slot
+from codeb_tui.engine.hosts import host_label, labelled, on_hosts
 from codeb_tui.engine.operation import OperationRun
 from codeb_tui.engine.proxy_switch import commit
 
@@ -47,16 +48,21 @@ async def switch(ctx: Context, run: OperationRun, kind: SwitchKind, project: str
     target = pair.in_state(kind.source) if pair else None
     if pair is None or target is None:
         raise _nothing_to_switch(kind, project, env, pair)
-    run.slot, run.image = target.name.value, target.image
+    run.slot, run.image, run.hosts = target.name.value, target.image, pair.hosts
     run.from_state, run.to_state = kind.source.value, SlotState.ACTIVE.value
     async with run.step(kind.check_step):
         try:
-            health = await check_slot(ctx, target, kind.unhealthy)
+            # Every host's slot must answer before any host's traffic moves.
+            checks = await on_hosts(ctx, pair.hosts,
+                                    lambda host: check_slot(ctx, target, kind.unhealthy, host))
         except HealthCheckFailed as exc:
             if kind.refuse_unhealthy:
                 raise TransitionRefused(str(exc)) from None
             raise
-        run.log(f"{target.name.value} answers {health.detail} in {health.latency_ms:.0f} ms")
+        for name, health in zip(pair.hosts, checks):
+            run.log(f"{host_label(name, pair.hosts)}{target.name.value} answers {health.detail} "
+                    f"in {health.latency_ms:.0f} ms")
+        health = max(checks, key=lambda record: record.latency_ms or 0.0)
     now = utcnow()
     after = pair.with_slot(target.with_(state=SlotState.ACTIVE, promoted_at=now,
                                         grace_expires_at=None, last_health=health))
@@ -75,21 +81,28 @@ async def promote(ctx: Context, run: OperationRun, project: str,
     url = ctx.config.production_url(project, env)
     kept = (f"; {previous.name.value} ({previous.image}) kept in grace for "
             f"{ctx.config.grace_hours:g} h") if previous else ""
-    return (f"{project} ({env.value}) {live.image} on {live.name.value} is live at {url}{kept}",
-            _result(live, previous, url))
+    return (f"{project} ({env.value}) {live.image} on {live.name.value} is live at {url}"
+            f"{_on_hosts(run)}{kept}", _result(live, previous, url, run))
 
 
 async def rollback(ctx: Context, run: OperationRun, project: str,
                    env: Environment) -> tuple[str, dict[str, Any]]:
     live, previous = await switch(ctx, run, ROLLBACK, project, env)
     url = ctx.config.production_url(project, env)
-    return (f"{project} ({env.value}) rolled back to {live.name.value} ({live.image}) at {url}",
-            _result(live, previous, url))
+    return (f"{project} ({env.value}) rolled back to {live.name.value} ({live.image}) at {url}"
+            f"{_on_hosts(run)}", _result(live, previous, url, run))
 
 
-def _result(live: Slot, previous: Slot | None, url: str) -> dict[str, Any]:
-    return {"slot": live.name.value, "port": live.port, "image": live.image, "url": url,
-            "grace_slot": previous.name.value if previous else None}
+def _on_hosts(run: OperationRun) -> str:
+    return f" on {', '.join(run.hosts)}" if labelled(run.hosts) else ""
+
+
+def _result(live: Slot, previous: Slot | None, url: str, run: OperationRun) -> dict[str, Any]:
+    result = {"slot": live.name.value, "port": live.port, "image": live.image, "url": url,
+              "grace_slot": previous.name.value if previous else None}
+    if labelled(run.hosts):
+        result["hosts"] = list(run.hosts)
+    return result
 
 
 def describe_states(pair: ProjectSlots | None) -> str:

@@ -7,67 +7,112 @@ still back up what was live and re-apply it on failure, so the proxy is always i
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+import socket
+from typing import Any
+from urllib.parse import urlsplit
 
 from codeb_tui.domain.errors import ProxyApplyFailed
+from codeb_tui.infra import http1
 
-if TYPE_CHECKING:
-    import httpx
+# Caddy's whole config as JSON: a few kB per site; far past any real installation.
+MAX_CONFIG = 64 * 1024 * 1024
 
 
 class CaddyAdmin:
-    def __init__(self, admin_url: str, timeout: float = 10.0) -> None:
+    """The admin API over the small HTTP/1.1 client of http1.py (one connection per call: the
+    engine is used from more than one event loop, and a call is rare next to its cost).
+
+    `host_header`: the Host the admin API is asked as. Caddy refuses a Host not in its
+    `origins`; through an SSH forward the local address is not the one Caddy listens on, so
+    the caller names it (e.g. "127.0.0.1:2019")."""
+
+    def __init__(self, admin_url: str, timeout: float = 10.0,
+                 host_header: str | None = None) -> None:
         self.admin_url = admin_url.rstrip("/")
         self.timeout = timeout
+        url = urlsplit(self.admin_url)
+        self._plain_http = url.scheme == "http"
+        self._address = (url.hostname or "127.0.0.1", url.port or 80)
+        self._family = _literal_family(self._address[0])  # None: a name, resolved per call
+        self._host = host_header or url.netloc
+        self._prefix = url.path  # an admin API behind a path prefix keeps it
 
-    def _client(self) -> httpx.AsyncClient:
-        # httpx is imported here and in each caller, not at module import: with rich behind it
-        # it costs 60 to 100 ms, which a command that never asks Caddy (`codeb --help`) must not
-        # pay; once loaded, an import is a dictionary lookup.
-        import httpx
-
-        # A client per call: it belongs to the event loop it was made on, and the engine is used
-        # from more than one (CLI, console, tests). verify=False skips building an SSL context
-        # (about 20 ms) for an admin API that is plain HTTP on loopback.
-        return httpx.AsyncClient(base_url=self.admin_url, timeout=self.timeout, trust_env=False,
-                                 verify=False)
+    async def _call(self, method: str, path: str, body: bytes = b"") -> http1.Response:
+        if not self._plain_http:
+            raise ProxyApplyFailed(f"Caddy admin {self.admin_url}: only plain http:// is supported")
+        data = http1.request_bytes(method, self._prefix + path, self._host, body,
+                                   "application/json" if body else None)
+        try:
+            async with asyncio.timeout(self.timeout):
+                family, address = self._family, self._address
+                if family is None:
+                    infos = await asyncio.get_running_loop().getaddrinfo(
+                        *address, type=socket.SOCK_STREAM)
+                    family, address = infos[0][0], infos[0][4]
+                try:
+                    return await http1.request(family, address, data, MAX_CONFIG)
+                except (ConnectionResetError, asyncio.IncompleteReadError):
+                    # Caddy replaces its admin server on every load (also a refused one, and
+                    # the restore after it): a connection the old one took is cut without an
+                    # answer. Once more is safe: a GET, or loading the same config again.
+                    await asyncio.sleep(0.05)
+                    return await http1.request(family, address, data, MAX_CONFIG)
+        except TimeoutError:
+            raise ProxyApplyFailed(f"Caddy admin {self.admin_url} unreachable: timed out") from None
+        except (OSError, EOFError, http1.ConnectFailed, http1.RemoteProtocolError,
+                http1.BodyTooLarge) as exc:
+            raise ProxyApplyFailed(f"Caddy admin {self.admin_url} unreachable: "
+                                   f"{str(exc) or type(exc).__name__}") from None
 
     async def ping(self) -> bool:
-        import httpx  # see _client
-
         try:
-            async with self._client() as client:
-                response = await client.get("/config/")
-                return response.status_code == 200
-        except httpx.HTTPError:
+            return (await self._call("GET", "/config/")).status == 200
+        except ProxyApplyFailed:
             return False
 
     async def current(self) -> dict[str, Any] | None:
-        import httpx  # see _client
+        return decode(await self.current_text())
 
-        try:
-            async with self._client() as client:
-                response = await client.get("/config/")
-        except httpx.HTTPError as exc:
-            raise ProxyApplyFailed(f"Caddy admin {self.admin_url} unreachable: {exc}") from None
-        if response.status_code != 200:
-            raise ProxyApplyFailed(f"Caddy admin GET /config/ answered {response.status_code}")
-        return response.json()
+    async def current_text(self) -> bytes:
+        """The live config as Caddy encodes it: compact, keys sorted, a final newline (so a
+        config of ours encoded by `encode` compares equal without parsing ~300 kB of JSON)."""
+        response = await self._call("GET", "/config/")
+        if response.status != 200:
+            raise ProxyApplyFailed(f"Caddy admin GET /config/ answered {response.status}")
+        return response.body
 
     async def load(self, config: dict[str, Any]) -> None:
-        import httpx  # see _client
-
-        try:
-            async with self._client() as client:
-                response = await client.post(
-                    "/load", content=json.dumps(config), headers={"Content-Type": "application/json"}
-                )
-        except httpx.HTTPError as exc:
-            raise ProxyApplyFailed(f"Caddy admin {self.admin_url} unreachable: {exc}") from None
-        if response.status_code != 200:
+        response = await self._call("POST", "/load", json.dumps(config).encode())
+        if response.status != 200:
+            text = response.body.decode("utf-8", "replace")
             try:
-                detail = response.json().get("error", response.text)
-            except ValueError:
-                detail = response.text
-            raise ProxyApplyFailed(f"Caddy rejected the config: {detail.strip()[:300]}")
+                detail = json.loads(text).get("error", text)
+            except (ValueError, AttributeError):
+                detail = text
+            raise ProxyApplyFailed(f"Caddy rejected the config: {str(detail).strip()[:300]}")
+
+
+def encode(config: dict[str, Any]) -> bytes:
+    """`config` as Caddy's GET /config/ answers it (Go's encoder: sorted keys, no spaces)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode() + b"\n"
+
+
+def decode(text: bytes) -> dict[str, Any] | None:
+    """What `current_text` answered, parsed (None: Caddy runs no config at all)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ProxyApplyFailed("Caddy admin GET /config/ answered no JSON") from None
+
+
+def _literal_family(host: str) -> socket.AddressFamily | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return family
+        except OSError:
+            pass
+    return None

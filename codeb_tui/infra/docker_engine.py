@@ -7,13 +7,18 @@ blocks the event loop the console draws on.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, urlencode
 
 from codeb_tui.domain.errors import ImageNotFound, OperationFailed
+from codeb_tui.infra import http1
 
 if TYPE_CHECKING:
     import docker
@@ -49,13 +54,17 @@ class ContainerInfo:
 
 
 def _info(container: Container) -> ContainerInfo:
-    attrs = container.attrs
-    state = attrs.get("State", {})
+    return _inspected(container.attrs)
+
+
+def _inspected(attrs: dict) -> ContainerInfo:
+    """A container as GET /containers/<id>/json describes it (the SDK's Container.attrs)."""
+    state = attrs.get("State") or {}
     health = (state.get("Health") or {}).get("Status")
     return ContainerInfo(
-        id=container.id,
-        name=container.name,
-        status=state.get("Status", container.status),
+        id=attrs["Id"],
+        name=attrs.get("Name", "").lstrip("/"),
+        status=state.get("Status", ""),
         health=health,
         exit_code=state.get("ExitCode"),
         labels=dict(attrs.get("Config", {}).get("Labels") or {}),
@@ -83,6 +92,74 @@ def _sparse_info(attrs: dict) -> ContainerInfo:
     )
 
 
+@dataclass(frozen=True)
+class PullCounts:
+    """How far a pull is: the image's layers and the bytes the daemon reported for them."""
+    layers: int
+    layers_done: int  # pulled, or already in the engine's store
+    downloaded: int  # bytes
+    extracted: int  # bytes
+    total: int  # bytes of the layers whose size the daemon announced so far
+    fraction: float
+    """0..1: each layer counts once, half for its download and half for its extraction (the
+    sizes of waiting layers are not known yet: bytes alone would move backwards)."""
+
+
+@dataclass
+class _Layer:
+    total: int = 0
+    downloaded: int = 0
+    extracted: int = 0
+    done: bool = False
+
+
+class _PullTally:
+    """The daemon's pull records (one per layer change) folded into `PullCounts`."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, _Layer] = {}
+        self.fetching = False
+        """Some layer must come from the registry (not every one "Already exists")."""
+
+    def add(self, record: dict[str, Any]) -> None:
+        layer_id, status = record.get("id"), record.get("status", "")
+        detail = record.get("progressDetail") or {}
+        # Records without a layer (or naming the tag, "Pulling from ...") say nothing of bytes.
+        if not layer_id or (status.startswith("Pulling from") and not detail):
+            return
+        layer = self.layers.setdefault(layer_id, _Layer())
+        self.fetching = self.fetching or status == "Pulling fs layer"
+        if detail.get("total"):
+            layer.total = int(detail["total"])
+        if status == "Downloading":
+            layer.downloaded = int(detail.get("current", 0))
+        elif status in ("Download complete", "Verifying Checksum"):
+            layer.downloaded = layer.total
+        elif status == "Extracting":
+            layer.downloaded = layer.total
+            layer.extracted = int(detail.get("current", 0))
+        elif status in ("Pull complete", "Already exists"):
+            layer.downloaded = layer.extracted = layer.total
+            layer.done = True
+
+    def counts(self) -> PullCounts:
+        layers = self.layers.values()
+
+        def progress(layer: _Layer) -> float:
+            if layer.done:
+                return 1.0
+            if not layer.total:
+                return 0.0
+            return (min(layer.downloaded, layer.total) + min(layer.extracted, layer.total)) / (2 * layer.total)
+
+        return PullCounts(
+            layers=len(self.layers), layers_done=sum(layer.done for layer in layers),
+            downloaded=sum(layer.downloaded for layer in layers),
+            extracted=sum(layer.extracted for layer in layers),
+            total=sum(layer.total for layer in layers),
+            fraction=sum(progress(layer) for layer in layers) / len(self.layers) if self.layers else 1.0)
+
+
 def _errors() -> ModuleType:
     """`docker.errors`, imported on first need: the SDK (requests, urllib3) takes 60 to 100 ms
     to import, which a command that never asks Docker (`codeb --help`) must not pay. The
@@ -90,6 +167,27 @@ def _errors() -> ModuleType:
     import docker.errors
 
     return docker.errors
+
+
+API_TIMEOUT = 120.0  # as the SDK client's
+MAX_API_ANSWER = 256 * 1024 * 1024  # a list of every container of a busy engine, with labels
+
+
+def _api_address(endpoint: str) -> tuple[socket.AddressFamily, Any] | None:
+    """Where to reach the engine's API without the SDK: unix:// sockets and plain tcp://
+    (None for anything else, e.g. ssh:// or TLS: the SDK's)."""
+    if endpoint.startswith("unix://"):
+        return socket.AF_UNIX, endpoint[len("unix://"):]
+    if endpoint.startswith(("tcp://", "http://")):
+        host, _, port = endpoint.split("://", 1)[1].rstrip("/").rpartition(":")
+        host = host.strip("[]")
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(family, host)
+            except OSError:
+                continue
+            return (family, (host, int(port))) if port.isdigit() else None
+    return None
 
 
 def _short(exc: Exception) -> str:
@@ -105,6 +203,7 @@ class DockerEngine:
         self.stop_timeout = stop_timeout
         self._client: docker.DockerClient | None = None
         self._building = threading.Lock()
+        self._api_address = _api_address(endpoint)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -136,17 +235,48 @@ class DockerEngine:
         except Exception:
             return False
 
-    async def pull(self, ref: str) -> str:
-        """Pull `ref`; return the image id. A reference the registry does not hold is
-        `ImageNotFound` with advice on where images come from."""
-        repository, tag = _split_ref(ref)
+    async def version(self) -> str:
+        """The engine's version ("20.10.24+dfsg1"), for `codeb host check`."""
+        return str((await self._call(lambda c: c.version())).get("Version", "unknown"))
 
-        def pull() -> str:
-            image = self.client.images.pull(repository, tag=tag)
-            return image.id
+    async def pull(self, ref: str, progress: Callable[[PullCounts], None] | None = None,
+                   every: float = 0.1) -> None:
+        """Pull `ref`. `progress` is called on the event loop with the counts so far, at most
+        once per `every` seconds and once at the end, and never when every layer was already
+        there. A reference the registry does not hold is `ImageNotFound` with advice on where
+        images come from."""
+        repository, tag = _split_ref(ref)
+        loop = asyncio.get_running_loop()
+        abandoned = threading.Event()
+
+        def pull() -> None:
+            # The SDK's own images.pull reads this same stream, then asks for the image again.
+            stream = self.client.api.pull(repository, tag=tag, stream=True, decode=True)
+            tally, sent_at, sent = _PullTally(), 0.0, None
+            try:
+                for record in stream:
+                    if abandoned.is_set():
+                        return
+                    if "error" in record:  # the daemon had begun answering: not an HTTP error
+                        raise _errors().APIError(record["error"])
+                    if progress is None:
+                        continue
+                    tally.add(record)
+                    # Not before the first layer to fetch: the records of layers already
+                    # present come first and would show a full bar.
+                    if tally.fetching and time.monotonic() - sent_at >= every:
+                        counts = tally.counts()
+                        if counts.layers_done < counts.layers:
+                            sent_at, sent = time.monotonic(), counts
+                            loop.call_soon_threadsafe(progress, sent)
+            finally:
+                stream.close()
+            # Scheduled before this thread returns: the caller sees every count before it resumes.
+            if progress is not None and tally.fetching and (last := tally.counts()) != sent:
+                loop.call_soon_threadsafe(progress, last)
 
         try:
-            return await asyncio.to_thread(pull)  # not _call: its errors are read here
+            await asyncio.to_thread(pull)  # not _call: its errors are read here
         except _errors().DockerException as exc:
             detail = _short(exc)
             if isinstance(exc, (_errors().NotFound, _errors().ImageNotFound)) or any(
@@ -157,6 +287,8 @@ class DockerEngine:
                     f"Image not found: {ref}. Was it built and pushed? A git push triggers the build."
                 ) from None
             raise OperationFailed(f"docker pull {ref}: {detail}") from None
+        finally:
+            abandoned.set()  # a cancelled caller: the thread stops reading at the next record
 
     async def image_present(self, ref: str) -> bool:
         try:
@@ -189,6 +321,11 @@ class DockerEngine:
             raise OperationFailed(f"docker run {image}: {_short(exc)}") from None
 
     async def inspect(self, ident: str) -> ContainerInfo | None:
+        if self._api_address is not None:  # as list_slot_containers: no SDK, no thread
+            if not ident:
+                return None
+            attrs = await self._api_get(f"/containers/{quote(ident, safe='')}/json", missing_ok=True)
+            return None if attrs is None else _inspected(attrs)
         try:
             container = await self._call(lambda c: c.containers.get(ident))
         except _errors().NotFound:
@@ -266,9 +403,43 @@ class DockerEngine:
         labels = [LABEL_PROJECT if project is None else f"{LABEL_PROJECT}={project}"]
         if environment is not None:
             labels.append(f"{LABEL_ENVIRONMENT}={environment}")
+        if self._api_address is not None:
+            # The engine's API asked directly (http1.py): no SDK to import (60 to 100 ms at
+            # start-up, for `codeb status`) and no worker thread per list.
+            query = urlencode({"all": "1" if all else "0", "filters": json.dumps({"label": labels})})
+            return [_sparse_info(attrs) for attrs in await self._api_get(f"/containers/json?{query}")]
         containers = await self._call(lambda c: c.containers.list(
             all=all, sparse=True, filters={"label": labels}))
         return [_sparse_info(c.attrs) for c in containers]
+
+    async def _api_get(self, target: str, missing_ok: bool = False) -> Any:
+        """GET `target` from the engine's API on its socket; the answer's JSON (None for a 404
+        when `missing_ok`)."""
+        family, address = self._api_address  # type: ignore[misc]
+        request = http1.request_bytes("GET", target, "docker")
+        try:
+            async with asyncio.timeout(API_TIMEOUT):
+                response = await http1.request(family, address, request, MAX_API_ANSWER)
+        except TimeoutError:
+            raise OperationFailed(f"Docker ({self.endpoint}): timed out") from None
+        except http1.ConnectFailed as exc:
+            raise OperationFailed(f"Docker ({self.endpoint}) unreachable: {exc}") from None
+        except (OSError, EOFError, http1.RemoteProtocolError, http1.BodyTooLarge) as exc:
+            raise OperationFailed(
+                f"Docker ({self.endpoint}): {str(exc) or type(exc).__name__}") from None
+        try:
+            answer = json.loads(response.body)
+        except ValueError:
+            if response.status == 200:
+                raise OperationFailed(f"Docker ({self.endpoint}): an answer that is not JSON") from None
+            answer = None
+        if response.status == 404 and missing_ok:
+            return None
+        if response.status != 200:
+            message = answer.get("message") if isinstance(answer, dict) else None
+            raise OperationFailed(f"Docker ({self.endpoint}): "
+                                  f"{message or f'HTTP {response.status}'}")
+        return answer
 
     def close(self) -> None:
         if self._client is not None:

@@ -5,7 +5,9 @@ SSH is a second implementation of the same class, not a rewrite of the engine.""
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
+import time
 from pathlib import Path
 
 from codeb_tui.domain.config import Config
@@ -28,9 +30,36 @@ def parse_proc_net_tcp(text: str) -> set[int]:
 
 class Host(abc.ABC):
     name: str
+    target: str = "this machine"
+    """Where the host is, as `codeb host list` shows it (user@address:port for SSH hosts)."""
     docker: DockerEngine
     caddy: CaddyAdmin
     health: HealthChecker
+
+    async def round_trip(self) -> float:
+        """Milliseconds of one request and its answer on the host (`codeb host check`)."""
+        # A stat of "/" never blocks on this machine: no thread (whose start-up would be
+        # the figure).
+        started = time.perf_counter()
+        os.stat("/")
+        return (time.perf_counter() - started) * 1000
+
+    async def caddy_version(self) -> str | None:
+        """`caddy version` on the host (the admin API does not say), None when it fails."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "caddy", "version", stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL)
+        except OSError:
+            return None
+        try:
+            async with asyncio.timeout(5):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None
+        return out.decode(errors="replace").split()[0] if proc.returncode == 0 and out else None
 
     @abc.abstractmethod
     async def listening_ports(self) -> set[int]:

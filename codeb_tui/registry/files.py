@@ -21,6 +21,8 @@ from typing import Any
 from codeb_tui.domain.durable import atomic_write
 from codeb_tui.domain.errors import RegistryCorrupt
 from codeb_tui.domain.model import (
+    HOST_NAME_RE,
+    LOCAL_HOST,
     PROJECT_NAME_RE,
     Environment,
     HealthRecord,
@@ -72,14 +74,22 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def _read_json(path: Path) -> Any | None:
+    text = _read_text(path)
+    return None if text is None else _parse_json(path, text)
+
+
+def _read_text(path: Path) -> str | None:
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         return None
     except UnicodeDecodeError:
         raise RegistryCorrupt(f"{path}: not UTF-8 text; fix or restore it by hand") from None
     except OSError as exc:
         raise RegistryCorrupt(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _parse_json(path: Path, text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -90,6 +100,7 @@ class FileRegistry:
     def __init__(self, root: Path, lock_wait: float = 0.0) -> None:
         self.root = Path(root)
         self.lock_wait = lock_wait
+        self._parsed: dict[Path, tuple[str, ProjectSlots]] = {}  # see read_slots
 
     # paths -----------------------------------------------------------------------------------
     @property
@@ -160,10 +171,19 @@ class FileRegistry:
     # slot files ------------------------------------------------------------------------------
     def read_slots(self, project: str, environment: Environment) -> ProjectSlots | None:
         path = self.slot_path(project, environment)
-        data = _read_json(path)
-        if data is None:
+        text = _read_text(path)
+        if text is None:
             return None
-        return parse_slot_file(path, data, project, environment)
+        # A file whose text is what it was when last parsed is not parsed again: a switch reads
+        # every slot file for the proxy config, and parsing is most of that cost. The text
+        # itself is compared (not stat times, which are coarse: two writes within one clock tick
+        # can reuse an inode with the same size and times).
+        known = self._parsed.get(path)
+        if known is not None and known[0] == text:
+            return known[1]
+        pair = parse_slot_file(path, _parse_json(path, text), project, environment)
+        self._parsed[path] = (text, pair)
+        return pair
 
     def write_slots(self, slots: ProjectSlots, expected_version: int | None = None) -> ProjectSlots:
         """Write one slot file, bumping its version. The caller holds the project lock; the
@@ -258,7 +278,7 @@ class FileRegistry:
 
 
 def slot_file_json(slots: ProjectSlots) -> dict[str, Any]:
-    return {
+    data = {
         "format": SLOT_FILE_FORMAT,
         "project": slots.project,
         "environment": slots.environment.value,
@@ -266,6 +286,9 @@ def slot_file_json(slots: ProjectSlots) -> dict[str, Any]:
         "updated_at": to_iso(slots.updated_at),
         "slots": {slot.name.value: slot_to_dict(slot) for slot in slots.slots()},
     }
+    if not slots.local_only:  # absent means ["local"]: files of local projects stay as they were
+        data["hosts"] = list(slots.hosts)
+    return data
 
 
 def parse_slot_file(path: Path, data: Any, project: str, environment: Environment) -> ProjectSlots:
@@ -295,7 +318,15 @@ def parse_slot_file(path: Path, data: Any, project: str, environment: Environmen
         updated_at = from_iso(data.get("updated_at"))
     except (TypeError, ValueError):
         raise bad("updated_at is not an ISO timestamp") from None
-    return ProjectSlots(project, environment, parsed["blue"], parsed["green"], version, updated_at)
+    hosts = data.get("hosts", [LOCAL_HOST])
+    if (not isinstance(hosts, list) or not hosts or len(set(hosts)) != len(hosts)
+            or not all(isinstance(h, str) and HOST_NAME_RE.fullmatch(h) for h in hosts)):
+        raise bad("hosts must be a non-empty list of distinct host names")
+    for slot in parsed.values():
+        if slot.container_ids and {h for h, _ in slot.container_ids} - set(hosts):
+            raise bad(f"slot {slot.name.value} has containers on hosts the file does not list")
+    return ProjectSlots(project, environment, parsed["blue"], parsed["green"], version, updated_at,
+                        tuple(hosts))
 
 
 def _parse_slot(raw: Any, name: SlotName, bad) -> Slot:
@@ -311,6 +342,9 @@ def _parse_slot(raw: Any, name: SlotName, bad) -> Slot:
     for key in ("image", "container_id", "container_name"):
         if raw.get(key) is not None and not isinstance(raw.get(key), str):
             raise bad(f"slot {name.value} {key} must be a string")
+    ids = raw.get("container_ids", {})
+    if not isinstance(ids, dict) or not all(isinstance(v, str) for v in ids.values()):
+        raise bad(f"slot {name.value} container_ids must map host names to container ids")
     if state is not SlotState.EMPTY and not raw.get("image"):
         raise bad(f"slot {name.value} is {state.value} but has no image")
     try:
@@ -334,5 +368,6 @@ def _parse_slot(raw: Any, name: SlotName, bad) -> Slot:
         container_id=raw.get("container_id"),
         container_name=raw.get("container_name"),
         last_health=last_health,
+        container_ids=tuple(ids.items()),
         **times,
     )

@@ -41,7 +41,7 @@ POLL_INTERVAL = 0.05
 @asynccontextmanager
 async def file_lock(path: Path, purpose: str, what: str, wait: float = 0.0,
                     actor: str | None = None, on_wait: LockWaiting | None = None
-                    ) -> AsyncIterator[None]:
+                    ) -> AsyncIterator[LockHolder]:
     """Hold an exclusive lock on `path`, or raise LockHeld naming the holder.
 
     `wait` seconds are spent retrying before giving up (0: refuse at once). The wait never
@@ -65,21 +65,38 @@ async def file_lock(path: Path, purpose: str, what: str, wait: float = 0.0,
                 announced = True
                 on_wait(f"waiting up to {wait:g} s for {what}: {describe_holder(path)}")
             await asyncio.sleep(POLL_INTERVAL)
-        holder = {
+        holder = LockHolder(fd, {
             "pid": os.getpid(),
             "user": actor or current_actor(),
             "host": socket.gethostname(),
             "purpose": purpose,
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        })
+        holder.write()
         try:
-            yield
+            yield holder
         finally:
             _release(path, fd)
     finally:
         os.close(fd)
+
+
+class LockHolder:
+    """The record a held lock carries; the holder may add to it (the step an operation is at),
+    so that whoever looks (another console) sees where it is."""
+
+    def __init__(self, fd: int, record: dict) -> None:
+        self._fd = fd
+        self.record = record
+
+    def write(self) -> None:
+        data = json.dumps(self.record).encode()
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))  # after the write: a reader never sees an empty file
+
+    def note_step(self, step: str | None) -> None:
+        self.record["step"] = step
+        self.write()
 
 
 def _release(path: Path, fd: int) -> None:
@@ -137,8 +154,9 @@ def describe_holder(path: Path) -> str:
         age = f" ({int((datetime.now(timezone.utc) - started).total_seconds())} s ago)"
     except (TypeError, ValueError):
         pass
+    step = f" at step '{holder['step']}'" if holder.get("step") else ""
     return (
-        f"{holder.get('purpose', 'an operation')} by {holder.get('user', '?')} "
+        f"{holder.get('purpose', 'an operation')} by {holder.get('user', '?')}{step} "
         f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}) since {since}{age}"
     )
 

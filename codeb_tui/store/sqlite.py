@@ -138,12 +138,14 @@ class SqliteStore(SqlStore):
             await self._use_wal(db)
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
-        except Exception as exc:
-            if db is not None:
+        except BaseException as exc:  # cancelled too: an open connection's thread would
+            if db is not None:        # keep the process from exiting
                 try:
                     await db.close()
                 except Exception:
                     pass
+            if not isinstance(exc, Exception):
+                raise
             raise StoreError(f"{self.where} unavailable: {one_line(exc)}") from exc
         self._db = db
 

@@ -9,6 +9,10 @@ for things with messages (messages.py) and never call back into the app.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import math
+import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -36,6 +40,7 @@ from codeb_tui.tui.messages import (
     ReconcileApplied,
     RefreshRequested,
     ServicesChecked,
+    SlotsChecked,
     StatusRefreshed,
 )
 from codeb_tui.tui.operations import OperationRecord
@@ -53,15 +58,25 @@ from codeb_tui.tui.screens.reconcile import ReconcileScreen
 from codeb_tui.tui.session import ConsoleSession, DriftCount
 from codeb_tui.tui.themes import builtin_themes
 
-CPU_BUDGET = 0.10
-"""Share of one core the live poller may use: a poll that costs more CPU stretches its period."""
+CHECK_TICK = 0.25
+"""Seconds between the poller's rounds: each checks the slots on screen that are due, then a
+slice of the others."""
+SWEEP_EVERY = 4.0
+"""Seconds within which the sweep reaches every slot (the rows on screen: every poll_interval).
+A slice each round, never one long burst: a thousand checks at once stall the event loop."""
+RESCAN_ABOVE = 32
+"""More slot files changed in one batch than this: the registry is read whole (one thread hop)
+rather than file by file."""
 LIVE_AFTER_FIRST_FRAME = 0.5
 """Seconds from the first registry rows to the first live poll: time for the slot table to
 size its columns (it does so when idle) and draw."""
 SERVICES_EVERY = 3.0
 """Seconds between Docker / Caddy / database reachability checks."""
 DRIFT_EVERY = 30.0
-"""Seconds between the cheap drift checks behind the top bar's badge (and after each operation)."""
+"""Seconds between the cheap drift checks behind the top bar's badge (and after each operation),
+when slot files changed or the database came or went since the last; else DRIFT_IDLE_EVERY."""
+DRIFT_IDLE_EVERY = 300.0
+"""Seconds between drift checks while nothing changed: a check reads every slot file."""
 NOT_RUNNING = (None, ContainerState.RUNNING, ContainerState.UNKNOWN)
 """Container states that do not count as a missing container (UNKNOWN: Docker was not reachable)."""
 
@@ -90,17 +105,33 @@ class CodebApp(App[int]):
 
     def __init__(self, config: Config, engine: Engine | None = None,
                  principal: Principal | None = None, *, live: bool = True,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, served: bool = False) -> None:
         super().__init__()
+        self.served = served
+        """Run by `codeb ssh-serve` for one SSH session: SIGHUP means the client is gone, and
+        the session's end is audited."""
+        self._ended_because = "the operator quit"
         self.config = config
         self.engine = engine or Engine(config)
         self._owns_engine = engine is None
         self.session = ConsoleSession(config, self.engine, principal or local_principal(),
                                       live=live, clock=clock or _utcnow)
         self._drift_pending = False
+        self._drift_stale = True
+        """Slot files changed, or the database came or went, since the last drift check."""
+        self._drift_at = 0.0
         self._live_started = False
         self._wake = asyncio.Event()
-        self._registry_signature: tuple | None = None
+        self._changed_rows: set[tuple[str, Environment]] = set()
+        """Rows whose records live checks changed since the main screen last drew them."""
+        self._reload_all = False
+        self._reload_keys: set[tuple[str, Environment]] = set()
+        """Slot files to read again (`_reload_all`: every one) by the registry worker."""
+        self._reloading = False
+        self._check_error: str | None = None
+        """The last failure of live checks shown in the top bar (cleared by the next success)."""
+        self.registry_watcher = None
+        """The engine's RegistryWatcher while the console is live (its `mode` says how)."""
         self._themes = builtin_themes()
         for theme in self._themes:
             self.register_theme(theme)
@@ -119,62 +150,138 @@ class CodebApp(App[int]):
         return MainScreen(self.session)
 
     async def on_mount(self) -> None:
+        if self.served:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
         self._load_registry()
         if self.session.live:
-            self.set_interval(self.config.console.registry_watch_interval, self._watch_registry)
+            self._watch_registry()
 
     async def on_unmount(self) -> None:
+        if self.served:
+            await self._audit_session_end()
         if self._owns_engine:
             await self.engine.aclose()
+
+    # an SSH session's end -----------------------------------------------------------------------
+    def hang_up(self) -> None:
+        """The SSH client left or idled out: let this session's running operations end (an
+        operation is never cut mid-switch), then exit; the audit row says the session ended."""
+        self._ended_because = "the SSH session ended (client gone or idle)"
+        self.run_worker(self._end_after_operations(), group="hang-up", exclusive=True,
+                        exit_on_error=False, description="end of the SSH session")
+
+    async def _end_after_operations(self) -> None:
+        for worker in [w for w in self.workers if w.name.startswith("op:") and w.is_running]:
+            with contextlib.suppress(Exception):
+                await worker.wait()
+        self.exit(0)
+
+    async def _audit_session_end(self) -> None:
+        principal = self.session.principal
+        operations = [{"operation": r.title, "result": r.state} for r in self.session.operations]
+        warning = await self.engine.audit_event(
+            principal.actor, principal.team, "ssh.session", "ended",
+            {"event": "session ended", "reason": self._ended_because, "operations": operations})
+        if warning:
+            self.log.warning(warning)
 
     # the live poller ---------------------------------------------------------------------------
     @work(exclusive=True, group="poller", exit_on_error=False, description="live status poller")
     async def _poll_loop(self) -> None:
-        """Poll the live status (health checked concurrently by the engine), then wait
-        poll_interval, or longer when the poll cost more than CPU_BUDGET of a core."""
+        """Every CHECK_TICK a round: the slots of the selected row and the rows on screen not
+        checked for poll_interval, then a slice of the sweep over all the others, checked by
+        the engine in that order (the registry is not read: file events bring its changes).
+        The results go to the session; only the rows they changed are drawn."""
         session = self.session
         interval = self.config.console.poll_interval
-        services_due = 0.0
+        session.poll_period = interval
+        services_due = sweep_at = 0
         while True:
-            self._wake.clear()  # a wake-up asked for during this poll means one more poll
-            cpu = time.process_time()
-            if time.monotonic() >= services_due:
-                services_due = time.monotonic() + SERVICES_EVERY
+            started = time.monotonic()
+            everything_on_screen = self._wake.is_set()  # ctrl+r, an operation ended
+            self._wake.clear()
+            if started >= services_due:
+                services_due = started + SERVICES_EVERY
                 self._check_services()
+            first = self._slots_on_screen(started - interval + CHECK_TICK, everything_on_screen)
+            on_screen = {(s.project, s.environment, s.slot) for s in first}
+            swept, sweep_at = self._sweep_slice(sweep_at, on_screen)
+            if first or swept:
+                await self._check(first + swept)
+            elapsed = time.monotonic() - started
             try:
-                rows = await self._live_status()
-                session.status_error = None
-            except CodebError as exc:  # a corrupt slot file, a refusal: shown, polling goes on
-                rows, session.status_error = session.status, str(exc)
-            except Exception as exc:  # a surprise below the engine: shown, polling goes on
-                session.status_error = f"live status failed: {str(exc).splitlines()[0][:120]}"
-                try:
-                    rows = merge_health(await self._registry_status(), session.status)
-                except Exception:
-                    rows = session.status
-            cost = time.process_time() - cpu
-            session.poll_period = max(interval, cost / CPU_BUDGET)
-            self._publish(rows, time.monotonic())
-            try:
-                await asyncio.wait_for(self._wake.wait(), session.poll_period)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, CHECK_TICK - elapsed))
             except TimeoutError:
                 pass
 
+    async def _check(self, slots: list[SlotStatus]) -> None:
+        session = self.session
+        try:
+            checked = await self.engine.check_slots(session.principal, slots)
+        except CodebError as exc:  # a refusal: shown, polling goes on
+            session.status_error = self._check_error = str(exc)
+            return
+        except Exception as exc:  # a surprise below the engine: shown, polling goes on
+            session.status_error = self._check_error = \
+                f"live status failed: {str(exc).splitlines()[0][:120]}"
+            return
+        if session.status_error is not None and session.status_error == self._check_error:
+            session.status_error = None
+        session.checked_at = time.monotonic()
+        self._changed_rows |= session.apply_checks(checked)
+        self.post_message(SlotsChecked())
+
+    def _slots_on_screen(self, due_before: float, everything: bool) -> list[SlotStatus]:
+        """The slots of the selected row and the rows on screen, last checked before
+        `due_before` (all of them when `everything`)."""
+        main = next((s for s in self.screen_stack if isinstance(s, MainScreen)), None)
+        if main is None or not self.session.checkable:
+            return []
+        found = []
+        for project, environment in main.rows_to_check_first():
+            row = self.session.row(project, environment)
+            for slot in row.slots() if row is not None else ():
+                if slot.state is not SlotState.EMPTY and (
+                        everything or slot.checked_at is None or slot.checked_at < due_before):
+                    found.append(slot)
+        return found
+
+    def _sweep_slice(self, at: int, skip: set) -> tuple[list[SlotStatus], int]:
+        """The next slots of the sweep, from place `at` among the session's checkable slots:
+        as many as reach every slot within SWEEP_EVERY. Returns them and the next place."""
+        records, checkable = self.session.status, self.session.checkable
+        size = math.ceil(len(checkable) * CHECK_TICK / SWEEP_EVERY)
+        picked: list[SlotStatus] = []
+        for _ in range(len(checkable)):
+            if len(picked) >= size:
+                break
+            at %= len(checkable)
+            slot = records[checkable[at]]
+            at += 1
+            if (slot.project, slot.environment, slot.slot) not in skip:
+                picked.append(slot)
+        return picked, at
+
+    @on(SlotsChecked)
+    def _slots_checked(self) -> None:
+        changed, self._changed_rows = self._changed_rows, set()
+        if (target := self._redraw_target()) is not None:
+            target.update_rows(changed)  # else it redraws in full when it comes back
+
     async def _registry_status(self) -> list[SlotStatus]:
         return await self.engine.status(self.session.principal, live=False)
-
-    async def _live_status(self) -> list[SlotStatus]:
-        """The live status. The registry may have changed while the checks ran (an operation
-        finished): keep the files' word, with the health of slots that did not change."""
-        rows = await self.engine.status(self.session.principal, live=True)
-        return merge_health(await self._registry_status(), rows)
 
     @work(exclusive=True, group="services", exit_on_error=False)
     async def _check_services(self) -> None:
         try:
             services = await self.engine.services(self.session.principal)
+            if self.session.multi_host:  # each within its timeout; a host known down at once
+                self.session.hosts = await self.engine.host_states(self.session.principal)
         except CodebError:  # not allowed to look: the top bar says "?"
             services = None
+        before = self.session.services
+        if before is not None and before.database != (services and services.database):
+            self._drift_stale = True  # the database came or went: what it holds may differ
         self.session.services = services
         self.post_message(ServicesChecked(services))
 
@@ -192,7 +299,12 @@ class CodebApp(App[int]):
             self._drift_pending = True
             return
         self._drift_pending = False
+        self._drift_stale, self._drift_at = False, time.monotonic()
         self._check_drift()
+
+    def _periodic_drift(self) -> None:
+        if self._drift_stale or time.monotonic() - self._drift_at >= DRIFT_IDLE_EVERY:
+            self.check_drift()
 
     @on(MainScreenResumed)
     def _main_screen_resumed(self) -> None:
@@ -242,28 +354,57 @@ class CodebApp(App[int]):
             target.refresh_drift()
 
     # the registry watcher ----------------------------------------------------------------------
-    def _watch_registry(self) -> None:
-        signature = self.engine.registry_signature()
-        if signature != self._registry_signature:
-            first = self._registry_signature is None
-            self._registry_signature = signature
-            if not first:
+    @work(exclusive=True, group="registry-watch", exit_on_error=False, description="registry watcher")
+    async def _watch_registry(self) -> None:
+        """Slot files and locks changed by anyone, told by file-system events: the changed
+        files are read again; a lock taken or released redraws the rows (who holds what)."""
+        self.registry_watcher = watcher = self.engine.watch_registry()
+        async for changes in watcher:
+            self._drift_stale = self._drift_stale or bool(changes.slot_files) or changes.rescan
+            if changes.rescan or len(changes.slot_files) > RESCAN_ABOVE:
                 self._load_registry()
+            elif changes.slot_files:
+                self._load_registry(changes.slot_files)
+            elif changes.locks and (target := self._redraw_target()) is not None:
+                target.refresh_rows()
 
-    @work(exclusive=True, group="registry", exit_on_error=False)
-    async def _load_registry(self) -> None:
-        """Registry only (no Docker, no health): fast, for changes made by anyone."""
+    def _load_registry(self, keys: set[tuple[str, Environment]] | frozenset | None = None) -> None:
+        """Read the slot files of `keys` (project, environment) again, or every one (None):
+        registry only (no Docker, no health), fast, for changes made by anyone. Asks made
+        while a read runs are gathered for the next read, never lost."""
+        if keys is None:
+            self._reload_all = True
+        else:
+            self._reload_keys |= set(keys)
+        if not self._reloading:
+            self._reloading = True
+            self._reload_registry()
+
+    @work(group="registry", exit_on_error=False, description="registry reader")
+    async def _reload_registry(self) -> None:
         session = self.session
         try:
-            rows = await self._registry_status()
-            session.status_error = None
-        except CodebError as exc:
-            session.status_error = str(exc)
-            self._publish(session.status, session.checked_at)
-            return
-        if session.live:
-            rows = merge_health(rows, session.status)
-        self._publish(rows, session.checked_at)
+            while self._reload_all or self._reload_keys:
+                everything, keys = self._reload_all, self._reload_keys
+                self._reload_all, self._reload_keys = False, set()
+                try:
+                    if everything:
+                        rows = await self._registry_status()
+                    else:
+                        rows = [s for s in session.status if s.key not in keys]
+                        for project, environment in sorted(keys):
+                            rows += await self.engine.status(session.principal, project,
+                                                             environment.value, live=False)
+                    session.status_error = None
+                except CodebError as exc:
+                    session.status_error = str(exc)
+                    self._publish(session.status, session.checked_at)
+                    continue
+                if session.live:
+                    rows = merge_health(rows, session.status)
+                self._publish(rows, session.checked_at)
+        finally:
+            self._reloading = False
 
     def _publish(self, rows: list[SlotStatus], checked_at: float | None) -> None:
         session = self.session
@@ -287,10 +428,15 @@ class CodebApp(App[int]):
     def _start_live(self) -> None:
         """The first frame comes from the registry alone; polling and the drift check start
         once it is drawn, so that a thousand health checks and a scan of every file do not
-        hold it back."""
+        hold it back. What the start built (Textual's widgets, styles and caches, the rows)
+        lives as long as the console: frozen out of the garbage collector's full passes, which
+        otherwise walk it all now and then and stall the event loop (the start's garbage is
+        collected first, once, so none of it is kept)."""
+        gc.collect()
+        gc.freeze()
         self._poll_loop()
         self.set_timer(0.4, self.check_drift)
-        self.set_interval(DRIFT_EVERY, self.check_drift)
+        self.set_interval(DRIFT_EVERY, self._periodic_drift)
 
     @on(ServicesChecked)
     def _services_checked(self) -> None:
@@ -347,6 +493,9 @@ class CodebApp(App[int]):
         if record is None or message.event is None:
             return
         event = message.event
+        if isinstance(event, events.Progress):  # drawn in place, in no log
+            self._operation_changed(record, None)
+            return
         self._operation_changed(record, f"{event.ts:%H:%M:%S} {event.line()}")
         if isinstance(event, events.Finished):
             self.notify(event.summary, title=f"{record.operation} done", timeout=6)
@@ -357,10 +506,13 @@ class CodebApp(App[int]):
             self._load_registry()
             self.check_drift()
 
-    def _operation_changed(self, record: OperationRecord, line: str) -> None:
+    def _operation_changed(self, record: OperationRecord, line: str | None) -> None:
+        """A new line of `record` (None: only its progress changed) to every screen."""
         for screen in self.screen_stack:
             if isinstance(screen, ConsoleScreen):
-                screen.operation_line(record, line)
+                if line is not None:
+                    screen.operation_line(record, line)
+                screen.operation_progress(record)
 
     @on(ReconcileApplied)
     def _changed_things(self) -> None:
@@ -452,8 +604,8 @@ def validate_console_config(config: Config, themes: set[str]) -> None:
             raise ConfigError(f"console.keymap.{binding_id}: expected keys such as ctrl+d")
 
 
-def run_console(config: Config, principal: Principal | None = None) -> int:
-    """Entry point of `codeb` without a subcommand."""
-    app = CodebApp(config, principal=principal)
+def run_console(config: Config, principal: Principal | None = None, served: bool = False) -> int:
+    """Entry point of `codeb` without a subcommand (and of each `codeb ssh-serve` session)."""
+    app = CodebApp(config, principal=principal, served=served)
     result = app.run()
     return result if isinstance(result, int) else 0

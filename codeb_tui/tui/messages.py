@@ -29,6 +29,13 @@ class StatusRefreshed(Message):
         return isinstance(message, StatusRefreshed)
 
 
+class SlotsChecked(Message):
+    """Live checks changed some slot records (the App keeps which rows until it redraws)."""
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, SlotsChecked)
+
+
 @dataclass
 class ServicesChecked(Message):
     """Reachability of Docker, Caddy and the database (None: could not be asked)."""

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from rich.text import Text
 
-from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState
+from codeb_tui.domain.model import LOCAL_HOST, Environment, ProjectSlots, Slot, SlotName, SlotState
 from codeb_tui.domain.status import Health, SlotStatus
 
 ENV_SHORT = {Environment.PRODUCTION: "prod", Environment.STAGING: "stag", Environment.PREVIEW: "prev"}
@@ -26,7 +26,7 @@ STATE_ORDER = {SlotState.DEPLOYED: 0, SlotState.GRACE: 1, SlotState.ACTIVE: 2, S
 """Sort by state: rows waiting for a decision first."""
 SORT_KEYS = ("project", "environment", "health", "state")
 ENV_FILTERS: tuple[Environment | None, ...] = (None, *Environment)
-LIVE_FIELDS = ("health", "health_detail", "latency_ms", "container_status", "checked_at")
+LIVE_FIELDS = ("health", "health_detail", "latency_ms", "container_status", "checked_at", "hosts")
 """What a live poll adds to the registry's word about a slot."""
 
 
@@ -40,19 +40,60 @@ def image_tag(slot: SlotStatus) -> str:
     return last.split(":", 1)[1] if ":" in last else "latest"
 
 
-def health_text(slot: SlotStatus) -> Text:
+SLOW_MS = 10.0
+"""Answer times from which the slot table shows them: below, loopback jitter (0 ms, 1 ms, ...)
+would redraw every row on screen each second for nothing (the detail pane shows them all)."""
+
+
+def latency_label(ms: float | None, exact: bool = True) -> str:
+    """"7ms" (exact), else "" below SLOW_MS and two significant figures above: "12ms",
+    "120ms", "1.2s"."""
+    if ms is None:
+        return "ok"
+    if exact:
+        return f"{ms:.0f}ms"
+    if ms < SLOW_MS:
+        return ""
+    if ms < 100:
+        return f"{ms:.0f}ms"
+    if ms < 1000:
+        return f"{round(ms, -1):.0f}ms"
+    return f"{ms / 1000:.1f}s"
+
+
+def health_text(slot: SlotStatus, exact: bool = True) -> Text:
     if slot.state is SlotState.EMPTY:
         return Text("-", style="dim")
     if slot.health is Health.HEALTHY:
-        ms = f"{slot.latency_ms:.0f}ms" if slot.latency_ms is not None else "ok"
-        return Text(f"✓{ms}", style="green")
+        return Text(f"✓{latency_label(slot.latency_ms, exact)}", style="green")
     if slot.health is Health.UNHEALTHY:
         return Text(f"✗{_short_detail(slot.health_detail)}", style="bold red")
     return Text("?", style="dim")
 
 
-def slot_cell(slot: SlotStatus, wide: bool = False) -> Text:
-    """state word (coloured, readable without colour), port, tag, health."""
+HOST_MARK = {Health.HEALTHY: ("✓", "green"), Health.UNHEALTHY: ("✗", "bold red"),
+             Health.UNKNOWN: ("?", "dim"), Health.NONE: ("-", "dim")}
+
+
+def hosts_text(slot: SlotStatus, wide: bool) -> Text:
+    """Per-host health of a slot on remote or several hosts: each host with its mark (wide),
+    or how many of them are healthy."""
+    text = Text()
+    if wide:
+        for host in slot.hosts:
+            mark, style = HOST_MARK[host.health] if host.reachable else ("✗", "bold red")
+            text.append(f" {host.host}")
+            text.append(mark if host.reachable else "⊘", style=style)
+        return text
+    healthy = sum(h.health is Health.HEALTHY for h in slot.hosts)
+    text.append(f" {healthy}/{len(slot.hosts)}h",
+                style="green" if healthy == len(slot.hosts) else "bold red")
+    return text
+
+
+def slot_cell(slot: SlotStatus, wide: bool = False, exact: bool = True) -> Text:
+    """state word (coloured, readable without colour), port, tag, health (and per host, for a
+    project on remote or several hosts). `exact`: every answer time (else only slow ones)."""
     text = Text()
     text.append(f"{STATE_MARK[slot.state]} {slot.state:<8}", style=STATE_STYLE[slot.state])
     text.append(f" {slot.port}")
@@ -61,7 +102,9 @@ def slot_cell(slot: SlotStatus, wide: bool = False) -> Text:
         tag = tag if wide or len(tag) <= 8 else tag[:7] + "…"
         text.append(f" {tag}", style="italic")
         text.append(" ")
-        text.append_text(health_text(slot))
+        text.append_text(health_text(slot, exact))
+        if slot.hosts:
+            text.append_text(hosts_text(slot, wide))
     return text
 
 
@@ -127,9 +170,22 @@ class ProjectRow:
                 if s.url and s.state in (SlotState.DEPLOYED, SlotState.GRACE)]
 
     @property
+    def hosts(self) -> tuple[str, ...]:
+        """Where the project runs (`local` unless its slot file names hosts)."""
+        return tuple(h.host for h in self.blue.hosts) or (LOCAL_HOST,)
+
+    @property
     def unhealthy(self) -> bool:
         return any(s.health is Health.UNHEALTHY for s in self.slots()
                    if s.state is not SlotState.EMPTY)
+
+    def check_age(self, mono: float | None) -> float | None:
+        """Seconds since the older health check of its slots at time.monotonic() `mono`; None
+        when not live or a slot was never checked."""
+        times = [s.checked_at for s in self.slots() if s.state is not SlotState.EMPTY]
+        if mono is None or not times or None in times:
+            return None
+        return mono - min(times)
 
     def grace_left(self, now: datetime) -> str:
         grace = self.grace
@@ -161,11 +217,12 @@ def merge_health(fresh: list[SlotStatus], previous: list[SlotStatus]) -> list[Sl
 
 
 def select_rows(rows: list[ProjectRow], text: str, environment: Environment | None,
-                sort: str) -> list[ProjectRow]:
+                sort: str, host: str | None = None) -> list[ProjectRow]:
     needle = text.strip().lower()
     chosen = [
         r for r in rows
         if (environment is None or r.environment is environment)
+        and (host is None or host in r.hosts)
         and (not needle or needle in r.project
              or any(needle in (s.image or "").lower() for s in r.slots())
              or needle in r.environment)

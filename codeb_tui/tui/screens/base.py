@@ -31,3 +31,6 @@ class ConsoleScreen(Screen):
 
     def operation_line(self, record: OperationRecord, line: str) -> None:
         """A line of one of this session's operations (the App hands each to every screen)."""
+
+    def operation_progress(self, record: OperationRecord) -> None:
+        """`record.progress` changed (a progress event, the end of its step or operation)."""

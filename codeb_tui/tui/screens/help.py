@@ -28,6 +28,8 @@ class HelpScreen(ConsoleScreen):
         table.add_column("Action")
         table.add_column("Binding id", style="dim")
         for where, binding in self.bindings:
+            if binding.action == "host" and not self.session.multi_host:
+                continue  # no host to choose from: the local machine only
             keys = keymap.get(binding.id or "", binding.key)
             table.add_row(where, keys, binding.tooltip or binding.description or binding.action,
                           binding.id or "")

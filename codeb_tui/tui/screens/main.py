@@ -19,6 +19,7 @@ from codeb_tui.tui.messages import MainScreenResumed, RefreshRequested
 from codeb_tui.tui.operations import OperationRecord
 from codeb_tui.tui.rows import (
     ENV_FILTERS,
+    HOST_MARK,
     SORT_KEYS,
     ProjectRow,
     format_age,
@@ -28,6 +29,7 @@ from codeb_tui.tui.rows import (
 from codeb_tui.tui.screens.base import ConsoleScreen
 from codeb_tui.tui.session import ConsoleSession
 from codeb_tui.tui.widgets.drift_badge import DriftBadge
+from codeb_tui.tui.widgets.operation_progress import OperationProgress
 from codeb_tui.tui.widgets.slot_table import SlotTable
 
 WIDE_AT = 150
@@ -38,6 +40,35 @@ def _dot(ok: bool | None, name: str) -> Text:
     if ok is None:
         return Text(f"{name} ?", style="dim")
     return Text(f"{name} {'up' if ok else 'DOWN'}", style="green" if ok else "bold red reverse")
+
+
+RUNNING_EVERY = 1.0
+"""Seconds between reads of the running operations (anyone's) for the top bar."""
+
+
+def _running_line(running: list, now) -> Text:
+    """`promote shop (production) by ssh:alice at 'switch proxy' 3s ago`, for each operation
+    holding a project lock (at most three, then how many more)."""
+    line = Text()
+    for op in running[:3]:
+        age = f" {format_age((now - op.since).total_seconds())}" if op.since else ""
+        step = f" at '{op.step}'" if op.step else ""
+        line.append(f"  {op.what} by {op.actor}{step}{age}", style="bold magenta")
+    if len(running) > 3:
+        line.append(f"  +{len(running) - 3} more", style="bold magenta")
+    return line
+
+
+def _update(widget: Static, text: Text) -> None:
+    """Static.update, skipped when nothing changed and without a layout of the screen when the
+    number of lines stays: a layout draws every widget again (the slot table's rows too), and
+    the top bar and detail change every second while live."""
+    before = getattr(widget, "_codeb_shown", None)
+    if before is not None and before == text:
+        return
+    same_height = before is not None and before.plain.count("\n") == text.plain.count("\n")
+    widget._codeb_shown = text
+    widget.update(text, layout=not same_height)
 
 
 class MainScreen(ConsoleScreen):
@@ -52,6 +83,8 @@ class MainScreen(ConsoleScreen):
         Binding("slash", "filter", "Filter", id="filter", tooltip="Filter by project or image"),
         Binding("s", "sort", "Sort", id="sort", tooltip="Cycle the sort order"),
         Binding("e", "environment", "Env", id="environment", tooltip="Narrow to one environment"),
+        Binding("h", "host", "Host", id="host",
+                tooltip="Narrow to the projects of one host (offered when there are hosts)"),
         Binding("ctrl+r", "refresh", "Refresh", id="refresh", show=False, tooltip="Poll now"),
         Binding("escape", "clear_filter", "Clear filter", id="clear-filter", show=False),
     ]
@@ -62,6 +95,8 @@ class MainScreen(ConsoleScreen):
     """Only this environment's rows (None: all)."""
     sort: reactive[str] = reactive("project", init=False)
     """One of SORT_KEYS."""
+    host: reactive[str | None] = reactive(None, init=False)
+    """Only the rows of projects on this host (None: all)."""
     wide: reactive[bool] = reactive(False, init=False)
     """Room for every column (set from the terminal width)."""
     filtering: reactive[bool] = reactive(False, init=False)
@@ -71,7 +106,10 @@ class MainScreen(ConsoleScreen):
         super().__init__(session)
         self.rows: list[ProjectRow] = []
         self.shown: list[ProjectRow] = []
-        self._age: float | None = None
+        self._table: SlotTable | None = None
+        """Kept at mount: the poller asks for the rows on screen four times a second."""
+        self._index: dict[str, int] = {}
+        """Row key -> its place in `shown`."""
         self._offered_for: Environment | None = None
 
     def compose(self) -> ComposeResult:
@@ -82,12 +120,14 @@ class MainScreen(ConsoleScreen):
                     id="filter")
         yield SlotTable(id="slots")
         yield Static(id="detail")
+        yield OperationProgress(id="op-progress")
         log = Log(id="oplog", max_lines=2000)
         log.border_title = "operations"
         yield log
         yield Footer()
 
     def on_mount(self) -> None:
+        self._table = self.query_one(SlotTable)
         self.wide = self.app.size.width >= WIDE_AT
         self.query_one(SlotTable).set_layout(self.wide)
         self.query_one(SlotTable).focus()
@@ -95,6 +135,8 @@ class MainScreen(ConsoleScreen):
         for record in self.session.operations:
             for line in record.lines:
                 self.query_one(Log).write_line(f"[{record.project}/{record.environment}] {line}")
+        if self.session.live:  # who runs what, at which step: read from the lock files
+            self.set_interval(RUNNING_EVERY, self.refresh_services)
 
     def on_resize(self) -> None:
         self.wide = self.app.size.width >= WIDE_AT
@@ -124,12 +166,17 @@ class MainScreen(ConsoleScreen):
     def watch_sort(self) -> None:
         self.refresh_rows()
 
+    def watch_host(self) -> None:
+        self.refresh_rows()
+
     # drawing -------------------------------------------------------------------------------------
     @property
     def drawable(self) -> bool:
         """Mounted with its widgets: not yet composed, or already being torn down at exit, a
-        poll that finishes then has nothing to draw on."""
-        return self.is_mounted and bool(self.query(SlotTable))
+        poll that finishes then has nothing to draw on. (The table kept at mount: a query of
+        the screen costs milliseconds, and this is asked on every redraw.)"""
+        table = self._table
+        return self.is_mounted and table is not None and table.is_attached
 
     def refresh_rows(self) -> None:
         if not self.drawable:
@@ -144,13 +191,61 @@ class MainScreen(ConsoleScreen):
                 row = replace(row, running=running.title if running else None, locked_by=locked)
             decorated.append(row)
         self.rows = decorated
-        self.shown = select_rows(decorated, self.filter_text, self.environment, self.sort)
-        checked_at = session.checked_at
-        age = None if checked_at is None or not session.live else time.monotonic() - checked_at
-        self.query_one(SlotTable).show(self.shown, session.now(), age)
-        self._age = age
+        self.shown = select_rows(decorated, self.filter_text, self.environment, self.sort,
+                                 self.host)
+        self._index = {r.key: i for i, r in enumerate(self.shown)}
+        self._table.show(self.shown, session.now(), self._mono())
         self.refresh_services()
         self.refresh_detail()
+
+    def _mono(self) -> float | None:
+        """Now for check ages; None when the console is not live (no ages shown)."""
+        return time.monotonic() if self.session.live else None
+
+    def update_rows(self, keys: set[tuple[str, Environment]]) -> None:
+        """Live checks changed these project+environments' records: only their rows are
+        replaced, and of those only the ones on screen are drawn. Nothing else is redrawn
+        (the top bar, the other rows), unless the health order has to change."""
+        if not self.drawable:
+            return
+        session, table = self.session, self._table
+        on_screen = set(table.visible_keys())
+        replaced = []
+        for project, environment in keys:
+            index = self._index.get(f"{project}/{environment}")
+            fresh = session.row(project, environment)
+            if index is None or fresh is None:
+                continue
+            old = self.shown[index]
+            if self.sort == "health" and fresh.unhealthy != old.unhealthy:
+                self.refresh_rows()  # the row moves
+                return
+            running = session.running_operation(project, environment)
+            # a lock is asked of the kernel for rows on screen; lock files tell of the others
+            locked = (session.engine.lock_holder(project, environment) if old.key in on_screen
+                      else old.locked_by)
+            self.shown[index] = row = replace(fresh, running=running.title if running else None,
+                                              locked_by=locked)
+            replaced.append(row)
+        table.update_rows(replaced, session.now(), self._mono())
+        selected = table.selected_key
+        if any(row.key == selected for row in replaced):
+            self.refresh_detail()
+
+    def rows_to_check_first(self) -> list[tuple[str, Environment]]:
+        """The selected row, then the rows on screen, top to bottom."""
+        if not self.drawable:
+            return []
+        table = self._table
+        keys = [table.selected_key, *table.visible_keys()]
+        found, seen = [], set()
+        for key in keys:
+            index = self._index.get(key) if key else None
+            if index is not None and key not in seen:
+                seen.add(key)
+                row = self.shown[index]
+                found.append((row.project, row.environment))
+        return found
 
     def refresh_services(self) -> None:
         if not self.drawable:
@@ -170,16 +265,24 @@ class MainScreen(ConsoleScreen):
             bar.append(f"  poll {period:.1f}s" if period else "  poll …", style="dim")
         else:
             bar.append("live off", style="dim")
+        if session.multi_host:  # each host's last probe; nothing of it with the local one only
+            bar.append("  hosts ")
+            bar.append_text(Text(" ").join(_dot(h.reachable, h.name) for h in session.hosts)
+                            if session.hosts else Text("…", style="dim"))
         env = self.environment or "all"
         bar.append(f"  {len(self.shown)}/{len(self.rows)} rows  env:{env}  sort:{self.sort}")
+        if self.host:
+            bar.append(f"  host:{self.host}", style="bold")
         if self.filter_text:
             bar.append(f"  filter:{self.filter_text}", style="bold")
         running = sum(1 for r in session.operations if r.running)
         if running:
             bar.append(f"  {running} op(s) running", style="bold magenta")
+        if session.live:  # anyone's (other consoles, SSH sessions, CI): from the lock files
+            bar.append_text(_running_line(session.engine.running_operations(), session.now()))
         if session.status_error:
             bar.append(f"  {session.status_error}", style="bold red")
-        self.query_one("#topbar-text", Static).update(bar)
+        _update(self.query_one("#topbar-text", Static), bar)
 
     def refresh_drift(self) -> None:
         if self.drawable:
@@ -211,20 +314,32 @@ class MainScreen(ConsoleScreen):
                 text.append(f"  {slot.health_detail or slot.health}", style="dim")
                 if slot.container_status:
                     text.append(f"  container {slot.container_status}", style="dim")
+                for host in slot.hosts:
+                    text.append(f"\n         {host.host:<10} ")
+                    text.append_text(Text(host.health, style=HOST_MARK[host.health][1]))
+                    text.append(f"  {host.detail or ''}", style="dim")
                 if slot.url and slot.state is not SlotState.ACTIVE:
                     text.append(f"  {slot.url}", style="dim")
         if self.session.live:
-            text.append(f"\n checked {format_age(self._age)}", style="dim")
-        detail.update(text)
+            text.append(f"\n checked {format_age(row.check_age(self._mono()))}", style="dim")
+        _update(detail, text)
 
     def selected_row(self) -> ProjectRow | None:
-        key = self.query_one(SlotTable).selected_key
+        key = self._table.selected_key if self._table is not None else None
         return next((r for r in self.shown if r.key == key), None)
 
     def operation_line(self, record: OperationRecord, line: str) -> None:
         self.query_one(Log).write_line(f"[{record.project}/{record.environment}] {line}")
         if not record.running or line.endswith(record.title):
             self.refresh_rows()
+
+    def operation_progress(self, record: OperationRecord) -> None:
+        if not self.drawable:
+            return
+        if record.progress is None or not record.running:  # another may still report
+            record = next((r for r in reversed(self.session.operations)
+                           if r.running and r.progress is not None), record)
+        self.query_one(OperationProgress).show(record)
 
     @on(DataTable.RowHighlighted)
     def _row_highlighted(self) -> None:
@@ -256,6 +371,12 @@ class MainScreen(ConsoleScreen):
 
     def action_environment(self) -> None:
         self.environment = ENV_FILTERS[(ENV_FILTERS.index(self.environment) + 1) % len(ENV_FILTERS)]
+
+    def action_host(self) -> None:
+        """All hosts, then each host in turn."""
+        choices = [None, *self.session.engine.host_names()]
+        self.host = choices[(choices.index(self.host) + 1) % len(choices)] \
+            if self.host in choices else None
 
     def action_refresh(self) -> None:
         self.post_message(RefreshRequested())

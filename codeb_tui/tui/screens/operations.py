@@ -13,6 +13,7 @@ from textual.widgets.option_list import Option
 from codeb_tui.tui.operations import OperationRecord
 from codeb_tui.tui.screens.base import ConsoleScreen
 from codeb_tui.tui.session import ConsoleSession
+from codeb_tui.tui.widgets.operation_progress import OperationProgress
 
 STATE_STYLE = {"running": "bold magenta", "succeeded": "green", "failed": "bold red",
                "refused": "yellow", "cancelled": "dim"}
@@ -30,6 +31,7 @@ class OperationsScreen(ConsoleScreen):
         with Horizontal(id="ops"):
             yield OptionList(id="ops-list")
             yield Log(id="ops-log", max_lines=5000)
+        yield OperationProgress(id="op-progress")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -61,6 +63,7 @@ class OperationsScreen(ConsoleScreen):
         log = self.query_one(Log)
         log.clear()
         log.write_lines(record.lines)
+        self.query_one(OperationProgress).show(record)
 
     @on(OptionList.OptionHighlighted)
     @on(OptionList.OptionSelected)
@@ -73,3 +76,7 @@ class OperationsScreen(ConsoleScreen):
         if record.id == self.current:
             self.query_one(Log).write_line(line)
         self._fill()
+
+    def operation_progress(self, record: OperationRecord) -> None:
+        if record.id == self.current:
+            self.query_one(OperationProgress).show(record)
