@@ -263,3 +263,23 @@ async def test_health_gate_never_hears_another_program_on_the_slot_port(engine, 
     finally:
         squatter.kill()
         squatter.wait()
+
+
+async def test_a_fresh_deploy_is_never_shown_as_a_missing_container(engine, prefix):
+    """The console's checks reuse Docker's container listing for seconds; a slot whose container
+    the listing lacks (just deployed) is listed again after CONTAINERS_RECHECK, not after
+    CONTAINERS_MAX_AGE, so a new deploy does not read "container missing"."""
+    from codeb_tui.domain.status import ContainerState
+    from codeb_tui.engine.status import CONTAINERS_MAX_AGE, CONTAINERS_RECHECK
+
+    project = f"{prefix}-fresh"
+    ok(await collect(engine.deploy(LOCAL, project, image("v1"))))
+    ok(await collect(engine.promote(LOCAL, project)))
+    before = await engine.status(LOCAL, project, PROD, live=False)
+    await engine.check_slots(LOCAL, before)  # the listing: blue running, green has none
+    ok(await collect(engine.deploy(LOCAL, project, image("v2"))))  # into green
+    await asyncio.sleep(CONTAINERS_RECHECK + 0.1)
+    assert CONTAINERS_RECHECK + 0.1 < CONTAINERS_MAX_AGE  # the old listing would still serve
+    after = await engine.check_slots(LOCAL, await engine.status(LOCAL, project, PROD, live=False))
+    green = next(s for s in after if s.slot.value == "green")
+    assert green.container_status is ContainerState.RUNNING, green

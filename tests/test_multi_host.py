@@ -35,7 +35,7 @@ async def multi(make_config, remote_hosts, prefix):
     for name in remote_hosts.names:
         remote_hosts.start(name)  # whatever a test took down
         listed = remote_hosts.run(name, ["docker", "ps", "-aq", "--filter",
-                                         f"label=codeb.project"], timeout=30).stdout.split()
+                                         "label=codeb.project"], timeout=30).stdout.split()
         for container in listed:
             labels = remote_hosts.run(name, ["docker", "inspect", "-f",
                                              "{{index .Config.Labels \"codeb.project\"}}",

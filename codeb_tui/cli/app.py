@@ -14,7 +14,7 @@ from codeb_tui.cli import remote, render
 from codeb_tui.cli.errors import Choice, Group
 from codeb_tui.domain import events
 from codeb_tui.domain.access import ROLES, Principal
-from codeb_tui.domain.config import Config, load_config
+from codeb_tui.domain.config import Config, load_config, parse_config
 from codeb_tui.domain.errors import EXIT_FAILED, EXIT_OK, ConfigError
 from codeb_tui.engine.facade import Engine, local_principal
 
@@ -70,6 +70,17 @@ def session() -> Session:
     if config == "":  # `--config "$UNSET"`: never the defaults (/opt/codeb/registry) instead
         raise ConfigError("--config: expected a file name, got ''")
     return Session(load_config(config), principal, bool(meta.get("json")))
+
+
+def config_listening_on(section: str, listen: str | None) -> Config:
+    """The session's config, with `<section>.listen` replaced by a server's --listen (validated
+    as the config key it overrides)."""
+    config = session().config
+    if listen is None:
+        return config
+    data = config.model_dump()
+    data[section]["listen"] = listen
+    return parse_config(data, source=config.source)
 
 
 def run(work: Callable[[Engine, Session], Awaitable[int | None]], s: Session | None = None) -> int:

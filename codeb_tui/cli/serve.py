@@ -7,8 +7,7 @@ import asyncio
 
 import click
 
-from codeb_tui.cli.app import codeb, command, session
-from codeb_tui.domain.config import parse_config
+from codeb_tui.cli.app import codeb, command, config_listening_on
 from codeb_tui.domain.errors import EXIT_OK
 
 
@@ -20,10 +19,6 @@ from codeb_tui.domain.errors import EXIT_OK
 def serve(listen: str | None) -> int:
     from codeb_tui.api.server import serve as run_server  # uvicorn only when serving
 
-    config = session().config
-    if listen is not None:  # validated as the config key it overrides
-        data = config.model_dump()
-        data["api"]["listen"] = listen
-        config = parse_config(data, source=config.source)
+    config = config_listening_on("api", listen)
     asyncio.run(run_server(config))
     return EXIT_OK

@@ -15,10 +15,9 @@ import termios
 import click
 
 from codeb_tui.cli import render
-from codeb_tui.cli.app import codeb, command, common_options, session
+from codeb_tui.cli.app import codeb, command, common_options, config_listening_on, session
 from codeb_tui.cli.errors import Choice
 from codeb_tui.domain.access import ROLES
-from codeb_tui.domain.config import parse_config
 from codeb_tui.domain.errors import EXIT_OK, BadInput
 
 
@@ -31,11 +30,7 @@ from codeb_tui.domain.errors import EXIT_OK, BadInput
 def ssh_serve(listen: str | None) -> int:
     from codeb_tui.ssh.server import serve  # asyncssh only when serving
 
-    config = session().config
-    if listen is not None:  # validated as the config key it overrides
-        data = config.model_dump()
-        data["ssh"]["listen"] = listen
-        config = parse_config(data, source=config.source)
+    config = config_listening_on("ssh", listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("asyncssh").setLevel(logging.WARNING)  # one line per packet otherwise
     # The console a session runs reads the same config file (and inherits CODEB_* overrides).

@@ -25,6 +25,8 @@ pool and time out instead of answering."""
 CONTAINERS_MAX_AGE = 4.0
 """Seconds a listing of Docker's containers serves `check`: listing them all costs far more
 than a health check, and a container that stopped also fails its health check at once."""
+CONTAINERS_RECHECK = 1.0
+"""Seconds before a listing that lacks a wanted running container is asked again."""
 
 
 async def status(ctx: Context, project: str | None = None, env_filter: Environment | None = None,
@@ -68,8 +70,16 @@ class ContainerListing:
         self._listed: dict[str, ContainerInfo] | None = None
         self._at = float("-inf")
 
-    async def get(self, ctx: Context) -> dict[str, ContainerInfo] | None:
-        if time.monotonic() - self._at >= self.max_age:
+    async def get(self, ctx: Context, wanted: Sequence[str | None] = ()
+                  ) -> dict[str, ContainerInfo] | None:
+        """The listing; listed again sooner (after CONTAINERS_RECHECK) when a wanted container
+        is missing or not running in it: a deploy that just started one must not show as
+        "container missing" for seconds, and a stopped one is news an operator waits for."""
+        age = time.monotonic() - self._at
+        if age >= self.max_age or (age >= CONTAINERS_RECHECK and self._listed is not None
+                                   and any(name and (name not in self._listed
+                                                     or self._listed[name].status != "running")
+                                           for name in wanted)):
             self._listed = await _list_containers(ctx)
             self._at = time.monotonic()
         return self._listed
@@ -87,7 +97,7 @@ async def check(ctx: Context, slots: Sequence[SlotStatus],
         rest = iter(remote)
         local_rows = iter(local)
         return [next(rest) if s.hosts else next(local_rows) for s in slots]
-    containers = await listing.get(ctx)
+    containers = await listing.get(ctx, [s.container for s in slots])
     checks = await _health_checks(ctx, [None if s.state is SlotState.EMPTY else s.port
                                         for s in slots])
     checked_at = time.monotonic()
