@@ -278,9 +278,8 @@ class Engine:
     async def check_slots(self, principal: Principal,
                           slots: Sequence[SlotStatus]) -> list[SlotStatus]:
         """Check these slots now: the records with fresh health (and container state, from a
-        listing at most CONTAINERS_MAX_AGE old, sooner for a container it lacks), the registry not
-        read again. Checks start in
-        the order given: pass the slots on screen first."""
+        listing at most CONTAINERS_MAX_AGE old, sooner for a container it lacks), the registry
+        not read again. Checks start in the order given: pass the slots on screen first."""
         for env in {s.environment for s in slots}:
             await self._admit(principal, "status", env.value)
         return await status_procedure.check(self._ctx, slots, self._containers)

@@ -10,6 +10,7 @@ Everything here runs under the proxy lock, so two switches never interleave.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,16 +46,26 @@ async def commit(ctx: Context, run: OperationRun, before: ProjectSlots | None,
     registry = ctx.registry
     async with registry.global_lock("proxy", f"{run.operation} {run.project} ({run.environment})",
                                     actor=run.actor, on_wait=run.log):
-        pairs, corrupt = await registry.aread_all_readable()
+        names = after.hosts
+        # What each Caddy runs is asked while the registry is read (the proxy lock keeps other
+        # codeb processes from changing it meanwhile): the two longest waits of a switch.
+        live_texts = {name: asyncio.ensure_future(ctx.host_named(name).caddy.current_text())
+                      for name in names}
+        try:
+            pairs, corrupt = await registry.aread_all_readable()
+        except BaseException:
+            for future in live_texts.values():
+                future.cancel()
+            await asyncio.gather(*live_texts.values(), return_exceptions=True)
+            raise
         others = [p for p in pairs if (p.project, p.environment) != (after.project, after.environment)]
         wanted = others + [after]
-        names = after.hosts
         switched: dict[str, HostSwitch] = {}
 
         async def switch_one(host: Host) -> None:
             # Recorded before anything happens: a host that fails part-way is undone too.
             switched[host.name] = done = HostSwitch(host, None)
-            await _switch_host(ctx, run, done, wanted, corrupt, after)
+            await _switch_host(ctx, run, done, wanted, corrupt, after, live_texts[host.name])
 
         try:
             await on_hosts(ctx, names, switch_one)
@@ -92,14 +103,15 @@ class HostSwitch:
 
 async def _switch_host(ctx: Context, run: OperationRun, done: HostSwitch,
                        pairs: list[ProjectSlots], corrupt: list[CorruptFile],
-                       after: ProjectSlots) -> None:
+                       after: ProjectSlots, live_text: Awaitable[bytes]) -> None:
     """One host's proxy: the config of the projects on it (loaded only if it changed), then the
-    project's switch markers. `done` records the backup as soon as a config is loaded."""
+    project's switch markers. `done` records the backup as soon as a config is loaded.
+    `live_text`: what the host's Caddy answered to GET /config/, asked beforehand."""
     host = done.host
     view = ctx.proxy_config(host.name)
     pairs = on_host(pairs, host.name)
     built = None if corrupt else _file_mode_config(host.name, view, pairs)
-    live_text = await host.caddy.current_text()
+    live_text = await live_text
     if built is not None and live_text == built.text:
         # The usual switch: Caddy runs exactly this config; no ~300 kB JSON parsed or compared.
         run.log(f"{_label(ctx, host)}proxy config unchanged: no reload")
