@@ -43,7 +43,9 @@ def big_absent(docker_client, prefix):
             if container.labels.get("codeb.project", "").startswith(prefix):
                 container.remove(force=True)
         users = docker_client.containers.list(all=True, filters={"ancestor": BIG})
-        assert not users, f"containers still use {BIG}: {[c.name for c in users]}"
+        assert not users, (f"containers still use {BIG}: {[c.name for c in users]}; these tests "
+                           "pull it cold: deploy another image into those slots (the demo's "
+                           "picker offers `big` too)")
         try:
             docker_client.images.remove(BIG, force=True)
         except docker.errors.ImageNotFound:

@@ -253,6 +253,12 @@ class MainScreen(ConsoleScreen):
         session = self.session
         bar = Text()
         bar.append(" codeb ", style="bold reverse")
+        if session.live:  # anyone's (other consoles, SSH sessions, CI), from the lock files:
+            # first, since a narrow terminal cuts the bar at its right end
+            running_anywhere = session.engine.running_operations()
+            if running_anywhere:
+                bar.append_text(_running_line(running_anywhere, session.now()))
+                bar.append(" ")
         bar.append(" ")
         if session.live:
             up = session.services  # None until the first check
@@ -278,8 +284,6 @@ class MainScreen(ConsoleScreen):
         running = sum(1 for r in session.operations if r.running)
         if running:
             bar.append(f"  {running} op(s) running", style="bold magenta")
-        if session.live:  # anyone's (other consoles, SSH sessions, CI): from the lock files
-            bar.append_text(_running_line(session.engine.running_operations(), session.now()))
         if session.status_error:
             bar.append(f"  {session.status_error}", style="bold red")
         _update(self.query_one("#topbar-text", Static), bar)
