@@ -28,6 +28,16 @@ def parse_proc_net_tcp(text: str) -> set[int]:
     return ports
 
 
+def _read_listening_ports() -> set[int]:
+    ports: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            ports |= parse_proc_net_tcp(Path(f"/proc/net/{name}").read_text())
+        except OSError:
+            continue
+    return ports
+
+
 class Host(abc.ABC):
     name: str
     target: str = "this machine"
@@ -107,10 +117,6 @@ class LocalHost(Host):
         path.unlink(missing_ok=True)
 
     async def listening_ports(self) -> set[int]:
-        ports: set[int] = set()
-        for name in ("tcp", "tcp6"):
-            try:
-                ports |= parse_proc_net_tcp(Path(f"/proc/net/{name}").read_text())
-            except OSError:
-                continue
-        return ports
+        # In a thread: the kernel writes a line per socket, TIME_WAIT ones of the health checks
+        # included, and that took 455 ms on a loaded machine (a stall of the console or API).
+        return await asyncio.to_thread(_read_listening_ports)
