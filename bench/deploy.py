@@ -64,7 +64,9 @@ def raw_deploy(client: docker.DockerClient, name: str, port: int) -> float:
 def config_data(root: Path) -> dict:
     return {
         "registry": {"root": str(root / "registry")},
-        "docker": {"endpoint": os.environ["DOCKER_HOST"]},
+        # As an installation has it (the demo too): a deploy then pulls only when the tag's
+        # digest in the registry is not the engine's image already.
+        "docker": {"endpoint": os.environ["DOCKER_HOST"], "registry_url": f"http://{REGISTRY}"},
         "caddy": {"admin": f"http://127.0.0.1:{ADMIN_PORT}", "listen": f"127.0.0.1:{HTTP_PORT}",
                   "config_dir": str(root / "caddy")},
         "database": {"sqlite_path": str(root / "codeb.sqlite3")},

@@ -31,6 +31,7 @@ from codeb_tui.engine.port_book import installation_id, release_ports, reserve_p
 from codeb_tui.engine.proxy_switch import commit
 from codeb_tui.infra.docker_engine import ContainerInfo, PullCounts, labels_for
 from codeb_tui.infra.host import Host
+from codeb_tui.infra.image_registry import ImageRegistry
 
 REPLACED_SUFFIX = "-replaced"
 
@@ -99,7 +100,8 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
     try:
         if ctx.config.docker.pull:
             async with run.step("pull image"):
-                await on_hosts(ctx, where, lambda host: _pull(run, host, where, image))
+                wanted = await _registry_digest(ctx, image)
+                await on_hosts(ctx, where, lambda host: _pull(run, host, where, image, wanted))
     except BaseException:
         await _drop([seen, *early.values()])
         raise
@@ -165,8 +167,31 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
             f"on port {target.port}{on}; preview {url}", result)
 
 
-async def _pull(run: OperationRun, host: Host, where: tuple[str, ...], image: str) -> None:
+async def _registry_digest(ctx: Context, image: str) -> str | None:
+    """The digest `image` names in the configured registry now; None for an image from
+    elsewhere or when the registry does not say."""
+    url = ctx.config.docker.registry_url
+    if url is None:
+        return None
+    registry = ImageRegistry(str(url))
+    prefix = registry.host + "/"
+    if not image.startswith(prefix) or "@" in image:
+        return None
+    repository, _, tag = image[len(prefix):].rpartition(":")
+    if not repository or "/" in tag:
+        return None  # no tag: leave `latest` and the rest to the daemon
+    return await registry.digest(repository, tag)
+
+
+async def _pull(run: OperationRun, host: Host, where: tuple[str, ...], image: str,
+                wanted: str | None) -> None:
+    """Pull `image` on `host`, unless the host has it as the registry's digest for its tag
+    now: then a pull would change nothing, and on a remote host it costs round trips through
+    SSH (the registry's manifest, then each layer's check)."""
     label = host_label(host, where)
+    if wanted is not None and wanted in await host.docker.image_digests(image):
+        run.log(f"{label}{image} is here already ({wanted[:19]}): no pull")
+        return
 
     def progress(counts: PullCounts) -> None:
         run.progress(events.PullProgress, step=label + "pull image", image=image, **asdict(counts))

@@ -332,6 +332,24 @@ class DockerEngine:
             return None
         return _info(container)
 
+    async def image_digests(self, ref: str) -> set[str]:
+        """The registry digests (`sha256:...`) the image `ref` names on this engine was pulled
+        or pushed as, in `ref`'s own repository; empty when the engine has no such image."""
+        repository, _ = _split_ref(ref)
+        if self._api_address is not None:  # as inspect: no SDK, no thread
+            attrs = await self._api_get(f"/images/{quote(ref, safe='/:@')}/json", missing_ok=True)
+        else:
+            try:
+                attrs = await self._call(lambda c: c.api.inspect_image(ref))
+            except _errors().NotFound:
+                attrs = None
+        digests = set()
+        for entry in (attrs or {}).get("RepoDigests") or []:
+            name, _, digest = entry.partition("@")
+            if name == repository and digest:
+                digests.add(digest)
+        return digests
+
     async def logs(self, ident: str, tail: int = 20) -> str:
         try:
             container = await self._call(lambda c: c.containers.get(ident))

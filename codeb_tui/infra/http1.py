@@ -51,8 +51,10 @@ class Response:
 
 
 def request_bytes(method: str, target: str, host: str, body: bytes = b"",
-                  content_type: str | None = None) -> bytes:
+                  content_type: str | None = None, accept: str | None = None) -> bytes:
     head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: codeb\r\n"
+    if accept:
+        head += f"Accept: {accept}\r\n"
     if body or method in ("POST", "PUT"):
         head += f"Content-Length: {len(body)}\r\n"
     if content_type:

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import socket
+from urllib.parse import urlsplit
+
 from codeb_tui.domain.errors import OperationFailed
+from codeb_tui.infra import http1
+
+MANIFEST_TYPES = ", ".join((
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+))
+"""What the Docker daemon accepts when it pulls: the registry then serves the manifest whose
+digest the daemon records in the image's RepoDigests."""
+MAX_MANIFEST = 4 * 1024 * 1024
 
 
 class ImageRegistry:
@@ -28,6 +44,28 @@ class ImageRegistry:
         if response.status_code != 200:
             raise OperationFailed(f"Image registry {self.url}{path} answered {response.status_code}")
         return response.json()
+
+    async def digest(self, repository: str, tag: str) -> str | None:
+        """`sha256:...` of the manifest `repository:tag` names now (a digest is the hash of the
+        manifest's bytes as served), or None when it cannot be had here (https, an error, no
+        answer within the timeout): the caller then pulls as usual."""
+        parts = urlsplit(self.url)
+        if parts.scheme != "http" or not parts.hostname:
+            return None
+        data = http1.request_bytes("GET", f"/v2/{repository}/manifests/{tag}", parts.netloc,
+                                   accept=MANIFEST_TYPES)
+        try:
+            async with asyncio.timeout(self.timeout):
+                answer = await http1.request(socket.AF_INET6 if ":" in parts.hostname
+                                             else socket.AF_INET,
+                                             (parts.hostname, parts.port or 80), data,
+                                             MAX_MANIFEST)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, http1.ConnectFailed,
+                http1.RemoteProtocolError, http1.BodyTooLarge):
+            return None
+        if answer.status != 200:
+            return None
+        return "sha256:" + hashlib.sha256(answer.body).hexdigest()
 
     async def repositories(self) -> list[str]:
         return sorted((await self._get("/v2/_catalog?n=1000")).get("repositories") or [])
