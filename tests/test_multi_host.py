@@ -20,7 +20,8 @@ from codeb_tui.domain import events
 from codeb_tui.domain.model import Environment, SlotState
 from codeb_tui.domain.status import Health
 from codeb_tui.engine.facade import Engine
-from tests.conftest import LOCAL, collect, image, terminal
+from conftest import LOCAL, collect, image, terminal
+from test_tui_pilot import until
 
 HOSTS = ["web1", "web2"]
 
@@ -275,20 +276,13 @@ async def test_console_shows_hosts_and_filters_by_host(multi, remote_hosts, pref
             main = app.screen
             assert isinstance(main, MainScreen)
 
-            async def until(predicate, what: str) -> None:
-                for _ in range(600):
-                    if predicate():
-                        return
-                    await pilot.pause(0.05)
-                raise AssertionError(f"timed out waiting for {what}")
-
             def row(project: str):
                 return next((r for r in main.shown if r.project == project), None)
 
-            await until(lambda: row(both) is not None and row(both).blue.hosts
-                        and not row(both).blue.hosts[1].reachable, "web2 unreachable in the row")
-            await until(lambda: {h.name: h.reachable for h in app.session.hosts}
-                        == {"local": True, "web1": True, "web2": False}, "the host states")
+            await until(pilot, lambda: row(both) is not None and row(both).blue.hosts
+                        and not row(both).blue.hosts[1].reachable, what="web2 unreachable in the row")
+            await until(pilot, lambda: {h.name: h.reachable for h in app.session.hosts}
+                        == {"local": True, "web1": True, "web2": False}, what="the host states")
             bar = str(main.query_one("#topbar-text").render())
             assert "web1 up" in bar and "web2 DOWN" in bar, bar
             cell = slot_cell(row(both).blue, wide=True).plain
@@ -312,7 +306,7 @@ async def test_console_shows_hosts_and_filters_by_host(multi, remote_hosts, pref
 def test_cli_deploy_with_host_and_status(config_file, remote_hosts, prefix):
     """`codeb deploy --host` (repeatable) and `codeb status`: a HOSTS column only when a
     project has remote hosts; --json keeps its fields and gains `hosts`."""
-    from tests.conftest import run_cli
+    from conftest import run_cli
 
     config = config_file(hosts=remote_hosts.hosts_config())
     project = f"{prefix}-cli"

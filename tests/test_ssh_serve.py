@@ -25,7 +25,7 @@ import pytest
 from codeb_tui.domain import events
 from codeb_tui.domain.config import load_config
 from codeb_tui.engine.facade import Engine
-from tests.conftest import LOCAL, REPO, collect, free_ports, image, run_cli, terminal
+from conftest import LOCAL, REPO, collect, free_ports, image, run_cli, terminal
 
 WAIT = 30.0
 """Seconds a test waits for a screen to show something (a limit for a hang, not a figure)."""

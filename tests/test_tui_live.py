@@ -9,7 +9,6 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from codeb_tui.domain.model import Environment, ProjectSlots, Slot, SlotName, SlotState
@@ -18,6 +17,7 @@ from codeb_tui.engine.facade import Engine
 from codeb_tui.registry.files import FileRegistry
 from codeb_tui.tui.app import CodebApp
 from codeb_tui.tui.widgets.slot_table import SlotTable
+from test_tui_pilot import until
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "127.0.0.1:5000/live/app"
@@ -64,14 +64,6 @@ def write_pairs(root: Path, names: list[str], first_port: int) -> list[ProjectSl
         registry.write_slots(pair)
         pairs.append(pair)
     return pairs
-
-
-async def until(pilot, predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def drawn(table: SlotTable, key: str) -> str:

@@ -12,7 +12,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from codeb_tui.api.app import create_app
-from codeb_tui.domain.config import Config
+from codeb_tui.domain.config import Config, listen_address
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -78,12 +78,12 @@ def log_config() -> dict[str, Any]:
 
 
 def uvicorn_config(config: Config, app: Any = None) -> uvicorn.Config:
-    host, _, port = config.api.listen.rpartition(":")
+    host, port = listen_address(config.api.listen)
     api = config.api
     return uvicorn.Config(
         app if app is not None else create_app(config),
-        host=host.strip("[]") or "0.0.0.0",
-        port=int(port),
+        host=host or "0.0.0.0",
+        port=port,
         http=DeadlineH11Protocol,
         lifespan="on",
         # The access log would be harmless (no headers), but one line per request is ours

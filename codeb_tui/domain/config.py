@@ -96,6 +96,13 @@ def _check_listen(value: str) -> str:
     return value
 
 
+def listen_address(value: str) -> tuple[str, int]:
+    """(host, port) of a checked `host:port` listen value, IPv6 brackets removed ("" stays:
+    every address)."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _check_url_path(value: str) -> str:
     if not value.startswith("/") or any(c.isspace() for c in value):
         raise ValueError(f"must start with '/' and have no spaces, got {_shown(value)}")

@@ -16,7 +16,6 @@ With `api.domain` set, that host goes to `codeb serve` (`api.listen`). Anything 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -174,7 +173,3 @@ def _owner(tag: str) -> str:
 
 def route_count(caddy_config: dict[str, Any]) -> int:
     return len(caddy_config["apps"]["http"]["servers"][SERVER_NAME]["routes"]) - 1
-
-
-def marker_path(config: Config, name: str) -> Path:
-    return config.caddy.markers / name

@@ -9,7 +9,7 @@ from typing import Any
 
 from codeb_tui.domain.config import Config
 from codeb_tui.domain.errors import BadInput
-from codeb_tui.domain.model import LOCAL_HOST, ProjectSlots
+from codeb_tui.domain.model import LOCAL_HOST
 from codeb_tui.engine.history import History
 from codeb_tui.infra.host import Host
 from codeb_tui.registry.files import FileRegistry
@@ -42,9 +42,6 @@ class Context:
                                f"(known: {', '.join(self.host_names())})")
             found = self.remote[name] = SSHHost(name, self.config.hosts[name], self.config)
         return found
-
-    def hosts_of(self, pair: ProjectSlots) -> list[Host]:
-        return [self.host_named(name) for name in pair.hosts]
 
     def host_names(self) -> list[str]:
         """`local` and every host of the config."""

@@ -168,19 +168,9 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
 
 
 async def _registry_digest(ctx: Context, image: str) -> str | None:
-    """The digest `image` names in the configured registry now; None for an image from
-    elsewhere or when the registry does not say."""
+    """The digest `image` names in the configured registry now (None: pull as usual)."""
     url = ctx.config.docker.registry_url
-    if url is None:
-        return None
-    registry = ImageRegistry(str(url))
-    prefix = registry.host + "/"
-    if not image.startswith(prefix) or "@" in image:
-        return None
-    repository, _, tag = image[len(prefix):].rpartition(":")
-    if not repository or "/" in tag:
-        return None  # no tag: leave `latest` and the rest to the daemon
-    return await registry.digest(repository, tag)
+    return None if url is None else await ImageRegistry(str(url)).digest(image)
 
 
 async def _pull(run: OperationRun, host: Host, where: tuple[str, ...], image: str,

@@ -45,13 +45,18 @@ class ImageRegistry:
             raise OperationFailed(f"Image registry {self.url}{path} answered {response.status_code}")
         return response.json()
 
-    async def digest(self, repository: str, tag: str) -> str | None:
-        """`sha256:...` of the manifest `repository:tag` names now (a digest is the hash of the
-        manifest's bytes as served), or None when it cannot be had here (https, an error, no
-        answer within the timeout): the caller then pulls as usual."""
+    async def digest(self, image: str) -> str | None:
+        """`sha256:...` of the manifest the reference `image` (host/repository:tag) names now
+        in this registry (a digest is the hash of the manifest's bytes as served), or None when
+        it cannot be had here: an image of another registry, no tag or a digest reference,
+        https, an error, no answer within the timeout. The caller then pulls as usual."""
         parts = urlsplit(self.url)
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme != "http" or not parts.hostname or "@" in image:
             return None
+        path = image.removeprefix(self.host + "/")
+        repository, _, tag = path.rpartition(":")
+        if path == image or not repository or "/" in tag:
+            return None  # elsewhere, or no tag: `latest` and the rest are the daemon's to resolve
         data = http1.request_bytes("GET", f"/v2/{repository}/manifests/{tag}", parts.netloc,
                                    accept=MANIFEST_TYPES)
         try:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import asyncssh
 
-from codeb_tui.domain.config import Config
+from codeb_tui.domain.config import Config, listen_address
 from codeb_tui.engine.facade import Engine
 from codeb_tui.ssh.operators import Operator, OperatorStore
 
@@ -105,9 +105,9 @@ class ConsoleServer:
         self._stopping = False
 
     async def start(self, listen: str | None = None) -> tuple[str, int]:
-        host, _, port = (listen or self.config.ssh.listen).rpartition(":")
+        host, port = listen_address(listen or self.config.ssh.listen)
         self._acceptor = await asyncssh.create_server(
-            lambda: Connection(self), host.strip("[]") or None, int(port),
+            lambda: Connection(self), host or None, port,
             server_host_keys=[host_key(self.config.ssh.state_dir)],
             encoding=None, allow_pty=True, agent_forwarding=False, x11_forwarding=False,
             sftp_factory=None, allow_scp=False, login_timeout=30, keepalive_interval=30)
