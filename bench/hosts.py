@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import socket
 import statistics
 import tempfile
 import time
@@ -38,6 +39,7 @@ from codeb_tui.engine.facade import Engine
 from tests.remote_hosts import RemoteHosts
 
 WHERE = {"local": None, "one SSH host": ["web1"], "two SSH hosts": ["web1", "web2"]}
+RAW = "docker alone, "
 
 
 async def timed(stream, cpu: list[float]) -> float:
@@ -48,20 +50,56 @@ async def timed(stream, cpu: list[float]) -> float:
     return time.perf_counter() - started
 
 
-async def deploys(engine: Engine, tag: str, rounds: int
+def raw_start(client: docker.DockerClient, name: str, port: int) -> None:
+    """What Docker alone takes to start a slot's container (create, start, inspect as codeb
+    asks them), no codeb and no SSH: the floor under a deploy on that engine."""
+    created = client.api.create_container(
+        IMAGE, name=name, environment={"PORT": str(port), "HOST": "127.0.0.1"},
+        host_config=client.api.create_host_config(
+            network_mode="host", init=True, restart_policy={"Name": "unless-stopped"}))
+    client.api.start(created["Id"])
+    client.api.inspect_container(created["Id"])
+
+
+async def raw_starts(clients: list[docker.DockerClient], name: str) -> float:
+    """Wall time of raw_start on every engine of `clients` at once (then removed)."""
+    with socket.socket() as probe:  # a port free here; the test hosts have their own
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    await asyncio.gather(*[asyncio.to_thread(raw_start, c, name, port) for c in clients])
+    took = time.perf_counter() - started
+    for client in clients:
+        client.api.remove_container(name, force=True)
+    return took
+
+
+async def deploys(engine: Engine, hosts: RemoteHosts, tag: str, rounds: int
                   ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """The everyday deploy on each placement, `rounds` times, alternating."""
+    """The everyday deploy on each placement, `rounds` times, alternating; and in the same
+    rounds, Docker alone starting the container on the local engine and on both test hosts'
+    engines at once (their sockets are files on this machine), the floor under each."""
     projects = {label: f"{tag}-{i}" for i, label in enumerate(WHERE)}
-    for label, hosts in WHERE.items():  # live projects; warms images, stores and connections
-        await must(engine.deploy(LOCAL, projects[label], IMAGE, hosts=hosts))
+    for label, where in WHERE.items():  # live projects; warms images, stores and connections
+        await must(engine.deploy(LOCAL, projects[label], IMAGE, hosts=where))
         await must(engine.promote(LOCAL, projects[label]))
-    times: dict[str, list[float]] = {label: [] for label in WHERE}
+    engines = {"local": [docker.DockerClient(base_url=os.environ["DOCKER_HOST"])],
+               "two SSH hosts": [docker.DockerClient(base_url=f"unix://{hosts.hosts[n].docker_socket}")
+                                 for n in ("web1", "web2")]}
+    times: dict[str, list[float]] = {label: [] for label in [*WHERE, *(RAW + n for n in engines)]}
     cpu: dict[str, list[float]] = {label: [] for label in WHERE}
-    for _ in range(rounds):
-        for label in WHERE:
-            times[label].append(await timed(engine.deploy(LOCAL, projects[label], IMAGE),
-                                            cpu[label]))
-            await must(engine.cleanup(LOCAL, projects[label], force=True, slot="green"))
+    try:
+        for turn in range(rounds):
+            for label in WHERE:
+                times[label].append(await timed(engine.deploy(LOCAL, projects[label], IMAGE),
+                                                cpu[label]))
+                await must(engine.cleanup(LOCAL, projects[label], force=True, slot="green"))
+            for label, clients in engines.items():
+                times[RAW + label].append(await raw_starts(clients, f"codeb-{tag}-raw{turn}"))
+    finally:
+        for clients in engines.values():
+            for client in clients:
+                client.close()
     return times, cpu
 
 
@@ -127,7 +165,7 @@ async def main() -> None:
         data["environments"] = {"production": {"ports": [10000, 10999]}}
         engine = Engine(parse_config({**data, "hosts": hosts.hosts_config()}))
         load = os.getloadavg()[0]
-        deploy_times, deploy_cpu = await deploys(engine, tag, args.rounds)
+        deploy_times, deploy_cpu = await deploys(engine, hosts, tag, args.rounds)
         status_times = await statuses(engine, hosts, tag, args.projects)
     finally:
         if engine is not None:
@@ -155,12 +193,19 @@ async def main() -> None:
           "compete for them, as separate machines would not)")
     print(f"deploy, {args.rounds} rounds (everyday deploy into the idle slot):")
     for label, values in deploy_times.items():
-        print(f"  {label:<14} {ms(values)}   codeb CPU median "
-              f"{statistics.median(deploy_cpu[label]) * 1000:5.1f} ms")
-    local = statistics.median(deploy_times["local"])
+        print(f"  {label:<28} {ms(values)}" + (f"   codeb CPU median "
+              f"{statistics.median(deploy_cpu[label]) * 1000:5.1f} ms" if label in WHERE else ""))
+    median = {label: statistics.median(values) for label, values in deploy_times.items()}
     for label in ("one SSH host", "two SSH hosts"):
-        print(f"  ratio {label}/local: {statistics.median(deploy_times[label]) / local:.2f}"
+        print(f"  ratio {label}/local: {median[label] / median['local']:.2f}"
               + ("  (target 1.3 or less)" if label == "two SSH hosts" else ""))
+    floor = median[RAW + "two SSH hosts"] / median[RAW + "local"]
+    print(f"  floor: Docker alone starting the container on both test hosts at once takes "
+          f"{floor:.2f} times its start on the local engine (no codeb, no SSH: the two hosts' "
+          "daemons share this machine's cores)")
+    for label in ("local", "two SSH hosts"):
+        print(f"  codeb's part of the {label} deploy (deploy - docker alone): "
+              f"{(median[label] - median[RAW + label]) * 1000:.1f} ms")
     timeout = parse_config({**config_data(root), "hosts": {}}).health.request_timeout
     print(f"status of {args.projects} projects over web1 and web2 "
           f"(request timeout of the hosts: 3 s; local health checks {timeout:g} s):")

@@ -250,3 +250,15 @@ async def test_garbage_answer_is_a_short_type_name(checker):
     async with Server(garbage) as server:
         result = await checker.check(server.port)
     assert not result.ok and result.detail == "RemoteProtocolError" and result.latency_ms is None
+
+
+async def test_answers_tells_a_listening_port_from_a_free_one():
+    """Before a container starts on a slot's port, deploy asks whether anything answers
+    there: a listener that never accepts (backlog only) counts; a closed port does not."""
+    checker = HealthChecker("127.0.0.1", "/health", 1.0)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        assert await checker.answers(port)
+    assert not await checker.answers(port)  # closed now: refused

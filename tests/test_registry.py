@@ -170,3 +170,25 @@ def test_a_slot_file_changed_in_place_is_read_again(tmp_path):
         reg.read_slots("shop", PROD)
     path.unlink()
     assert reg.read_slots("shop", PROD) is None
+
+
+async def test_local_listening_ports_by_netlink_match_proc_net_tcp():
+    """LocalHost asks the kernel for listening sockets over sock_diag; it must see what
+    /proc/net/tcp{,6} lists, a socket just opened on IPv4 and one on IPv6 included."""
+    import socket
+
+    from codeb_tui.infra.host import _read_listening_ports, _sock_diag_listening_ports
+
+    with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
+        v4.bind(("127.0.0.1", 0))
+        v4.listen()
+        v6.bind(("::1", 0))
+        v6.listen()
+        ours = {v4.getsockname()[1], v6.getsockname()[1]}
+        for _ in range(3):  # another program may open or close a listener in between
+            by_netlink, by_proc = _sock_diag_listening_ports(), _read_listening_ports()
+            if by_netlink == by_proc:
+                break
+        assert ours <= by_netlink
+        assert by_netlink == by_proc
+    assert not ours & _sock_diag_listening_ports()

@@ -91,19 +91,13 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
 
     # A new project needs the ports in use on every host: ask Docker and the hosts while pulling.
     seen = asyncio.ensure_future(seen_ports(ctx, where)) if pair is None else None
-    # On remote hosts every round trip is dear: where the target slot has no container (so
-    # nothing of ours listens on its port), the host's listening ports are read while it pulls.
-    early: dict[str, asyncio.Future[set[int]]] = {}
-    if labelled(where) and target is not None:
-        early = {n: asyncio.ensure_future(ctx.host_named(n).listening_ports())
-                 for n in where if not target.container_on(n)}
     try:
         if ctx.config.docker.pull:
             async with run.step("pull image"):
                 wanted = await _registry_digest(ctx, image)
                 await on_hosts(ctx, where, lambda host: _pull(run, host, where, image, wanted))
     except BaseException:
-        await _drop([seen, *early.values()])
+        await _drop([seen])
         raise
 
     reserved: ProjectSlots | None = None
@@ -124,8 +118,7 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
     try:
         if labelled(where):
             results = await gather_hosts(ctx, where, lambda host: _deploy_on_host(
-                ctx, run, parts[host.name], project, env, target, name, image, ident,
-                early.get(host.name)))
+                ctx, run, parts[host.name], project, env, target, name, image, ident))
             for host_name, result in zip(where, results):
                 if isinstance(result, BaseException):
                     raise named(host_name, result)
@@ -144,7 +137,6 @@ async def deploy(ctx: Context, run: OperationRun, project: str, env: Environment
             await commit(ctx, run, None if reserved else pair, pair.with_slot(deployed),
                          expected_version=pair.version)
     except BaseException:
-        await _drop(list(early.values()))
         await asyncio.gather(*[_undo(run, part, name) for part in parts.values()])
         if reserved is not None:
             try:
@@ -200,11 +192,9 @@ async def _drop(futures: list[asyncio.Future | None]) -> None:
 
 async def _deploy_on_host(ctx: Context, run: OperationRun, part: HostDeploy, project: str,
                           env: Environment, target: Slot, name: str, image: str,
-                          ident: str | None, listening: asyncio.Future[set[int]] | None = None
-                          ) -> None:
+                          ident: str | None) -> None:
     """One host's part: the previous container put aside, the new one started and healthy.
-    `part` records each step as it happens, for the undo. `listening`: the host's listening
-    ports, read ahead (only where the slot had no container)."""
+    `part` records each step as it happens, for the undo."""
     docker, label = part.host.docker, part.label
 
     def log(message: str, level: str = "info") -> None:
@@ -225,7 +215,7 @@ async def _deploy_on_host(ctx: Context, run: OperationRun, part: HostDeploy, pro
     async with run.step(label + "start container"):
         # The health gate must hear the new container, not another program that happens
         # to answer on the slot's port (the new one would fail to bind and restart).
-        if target.port in await (listening or part.host.listening_ports()):
+        if await part.host.health.answers(target.port):
             raise OperationFailed(
                 f"Port {target.port} of {project} ({env.value}) {target.name.value} is taken "
                 "by another program; stop it (see `codeb ports`) and deploy again")

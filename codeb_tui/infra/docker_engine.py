@@ -300,20 +300,23 @@ class DockerEngine:
     async def run_slot(self, *, name: str, image: str, port: int, labels: dict[str, str],
                        env: dict[str, str]) -> ContainerInfo:
         def run(client: docker.DockerClient) -> ContainerInfo:
-            container = client.containers.run(
+            # create, start, inspect: containers.run() also inspects between the first two, a
+            # round trip more (through SSH on a remote host).
+            created = client.api.create_container(
                 image,
                 name=name,
-                detach=True,
-                network_mode="host",
-                init=True,  # without it a busybox PID 1 ignores SIGTERM and every stop takes 10 s
                 environment={"PORT": str(port), "HOST": self.bind_address, **env},
                 labels={**labels, LABEL_PORT: str(port), LABEL_IMAGE: image},
-                # Back after a daemon restart. A crashing image is still seen: the health check
-                # treats a restart as a failure.
-                restart_policy={"Name": "unless-stopped"},
+                host_config=client.api.create_host_config(
+                    network_mode="host",
+                    init=True,  # without it a busybox PID 1 ignores SIGTERM: each stop takes 10 s
+                    # Back after a daemon restart. A crashing image is still seen: the health
+                    # check treats a restart as a failure.
+                    restart_policy={"Name": "unless-stopped"},
+                ),
             )
-            container.reload()
-            return _info(container)
+            client.api.start(created["Id"])
+            return _inspected(client.api.inspect_container(created["Id"]))
 
         try:
             return await self._call(run)

@@ -65,6 +65,22 @@ class HealthChecker:
         latency = (time.perf_counter() - started) * 1000
         return HealthResult(200 <= status < 400, f"HTTP {status}", latency)
 
+    async def answers(self, port: int) -> bool:
+        """Whether a program accepts TCP connections on host:port now, where the health gate
+        would ask: before a container starts on the port, one that does is an impostor (and
+        the container could not bind). A connect, not the host's table of listening sockets:
+        that costs ~7 ms of kernel time per read whatever the table holds, more with many
+        TIME_WAIT sockets, and lists programs on other addresses that the gate never hears."""
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                _, writer = await asyncio.open_connection(self.host, port)
+        except TimeoutError:
+            return True  # it holds the port but accepts nothing (a full backlog)
+        except OSError:
+            return False  # refused: nothing listens there
+        writer.close()
+        return True
+
     async def _get(self, port: int) -> int:
         conn = self._idle.pop(port, None)
         if conn is not None:

@@ -299,9 +299,11 @@ class SSHHost(Host):
         sftp = await self._sftp_client(f"create {path}")
 
         async def create(_: Any) -> None:
-            await sftp.makedirs(str(path.parent), exist_ok=True)
-            async with sftp.open(str(path), "a"):
-                pass
+            try:
+                await (await sftp.open(str(path), "a")).close()
+            except asyncssh.SFTPNoSuchFile:  # the first marker: its directory too (round trips)
+                await sftp.makedirs(str(path.parent), exist_ok=True)
+                await (await sftp.open(str(path), "a")).close()
 
         await self.request(create, f"create {path}")
 
@@ -418,6 +420,22 @@ class _ChannelHealth(HealthChecker):
         super().__init__(bind_address, path, request_timeout)
         self._ssh = host
         self._request_host = f"[{bind_address}]" if ":" in bind_address else bind_address
+
+    async def answers(self, port: int) -> bool:
+        conn = await self._ssh.connection()
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                _, writer = await conn.open_connection(self.host, port)
+        except TimeoutError:
+            if conn.is_closed():
+                raise HostUnreachable(self._ssh.name, "port check: connection lost") from None
+            return True  # it holds the port but accepts nothing (a full backlog)
+        except (OSError, asyncssh.Error):
+            if conn.is_closed():
+                raise HostUnreachable(self._ssh.name, "port check: connection lost") from None
+            return False  # the host's connect was refused: nothing listens there
+        writer.close()
+        return True
 
     async def check(self, port: int) -> HealthResult:
         conn = await self._ssh.connection()
