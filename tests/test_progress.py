@@ -208,3 +208,52 @@ async def test_console_shows_the_pull_as_a_bar_in_the_operation_line(make_config
             assert app.operations[-1].state == "succeeded" and not bar.display
     finally:
         await engine.aclose()
+
+
+async def test_hosts_pulling_at_once_share_the_line_until_the_step_ends():
+    """A project on two hosts pulls on both at once: the line names the step and the hosts,
+    the bar is the slowest host's, and the step's end (unlabelled, "pull image") clears both."""
+    from textual.app import App
+
+    from codeb_tui.cli.render import progress_text
+    from codeb_tui.tui.operations import OperationRecord
+
+    common = dict(operation="deploy", project="shop", environment="production", operation_id="x")
+
+    def pull(host: str, done: int) -> events.PullProgress:
+        return events.PullProgress(**common, step=f"{host}: pull image", image=BIG, layers=6,
+                                   layers_done=done, downloaded=done * 10, extracted=0,
+                                   total=60, fraction=done / 6)
+
+    class Line(App):
+        def compose(self):
+            yield OperationProgress()
+
+    record = OperationRecord("deploy", "shop", "production")
+    async with Line().run_test() as pilot:
+        widget = pilot.app.query_one(OperationProgress)
+        record.add(events.StepStarted(**common, step="pull image"))
+        for event in (pull("web2", 1), pull("web1", 3), pull("web2", 2)):
+            record.add(event)
+        widget.show(record)
+        assert widget.display
+        assert str(widget.query_one("#progress-what").render()) == \
+            "[shop/production] pull image on 2 hosts"
+        assert str(widget.query_one("#progress-figures").render()) == "web1 50%, web2 33%"
+        assert widget.query_one("#progress-bar").progress == 33  # the slowest host's
+
+        record.add(events.StepFinished(**common, step="pull image", ok=True, duration_ms=1.0))
+        assert record.progress is None
+        widget.show(record)
+        assert not widget.display
+
+    # The CLI's line on a terminal draws the same summary; a step of another name ends nothing.
+    board = events.ProgressBoard()
+    for event in (pull("web1", 6), pull("web2", 3)):
+        board.update(event)
+    assert progress_text(board.summary(), 80) == \
+        "[##########----------] pull image on 2 hosts: web1 100%, web2 50%"
+    assert not board.update(events.StepFinished(**common, step="web1: health check", ok=True,
+                                                duration_ms=1.0))
+    assert board.update(events.StepFinished(**common, step="pull image", ok=True, duration_ms=1.0))
+    assert board.summary() is None

@@ -66,10 +66,11 @@ def emit(as_json: bool, data: dict[str, Any], text: str | Callable[[], str]) -> 
         print(text if isinstance(text, str) else text(), flush=True)
 
 
-def progress_text(event: events.Progress, width: int) -> str:
-    """A progress event as one terminal line of at most `width` characters, bar first."""
-    filled = round(max(0.0, min(1.0, event.fraction)) * 20)
-    text = f"[{'#' * filled}{'-' * (20 - filled)}] {printable(event.line().strip())}"
+def progress_text(summary: tuple[str, float, str], width: int) -> str:
+    """A ProgressBoard's summary as one terminal line of at most `width` characters, bar first."""
+    what, fraction, figures = summary
+    filled = round(fraction * 20)
+    text = f"[{'#' * filled}{'-' * (20 - filled)}] {printable(f'{what}: {figures}')}"
     return text[:max(width, 1)]
 
 
@@ -79,10 +80,14 @@ class _ProgressLine:
 
     def __init__(self) -> None:
         self.drawn = False
+        self.board = events.ProgressBoard()
 
-    def draw(self, event: events.Progress) -> None:
+    def draw(self) -> None:
+        summary = self.board.summary()
+        if summary is None:
+            return self.erase()
         width = shutil.get_terminal_size().columns - 1
-        sys.stdout.write(f"\r{progress_text(event, width)}\x1b[K")
+        sys.stdout.write(f"\r{progress_text(summary, width)}\x1b[K")
         sys.stdout.flush()
         self.drawn = True
 
@@ -105,12 +110,16 @@ async def print_stream(stream: AsyncIterator[events.Event], as_json: bool) -> in
             print(dumps_event(event), flush=True)
         elif isinstance(event, events.Progress):
             if progress is not None:
-                progress.draw(event)
+                progress.board.update(event)
+                progress.draw()
         else:
             if progress is not None:
                 progress.erase()
+                progress.board.update(event)  # a step's end ends its progress
             if not done:
                 print(printable(event.line()), flush=True)
+                if progress is not None:
+                    progress.draw()  # still running on another host: back under the line
         if done:
             terminal = event
     if progress is not None:

@@ -161,6 +161,52 @@ class HealthWait(Progress):
 
 Terminal = Finished | Failed
 
+
+class ProgressBoard:
+    """The progress of an operation's running steps: one, or one per host of a project on
+    several ("web1: pull image", "web2: pull image"), each until its step ends. The console's
+    progress line and the CLI's both draw `summary()`."""
+
+    def __init__(self) -> None:
+        self._by_step: dict[str, Progress] = {}
+
+    def update(self, event: Event) -> bool:
+        """Take any event of the operation; True when the progress shown changed."""
+        if isinstance(event, Progress):
+            self._by_step.pop(event.step, None)  # the latest last
+            self._by_step[event.step] = event
+            return True
+        if isinstance(event, (Finished, Failed)):
+            ended = list(self._by_step)
+        elif isinstance(event, StepFinished):
+            # A step run on every host ("pull image") ends the hosts' parts of it too.
+            ended = [s for s in self._by_step if s == event.step or s.endswith(": " + event.step)]
+        else:
+            return False
+        for step in ended:
+            del self._by_step[step]
+        return bool(ended)
+
+    @property
+    def latest(self) -> Progress | None:
+        return next(reversed(self._by_step.values()), None)
+
+    def summary(self) -> tuple[str, float, str] | None:
+        """(what, fraction, figures), None when no step reports: several hosts at work on one
+        step share it, the fraction is the slowest one's (the step waits for it) and the
+        figures say each host's share."""
+        running = sorted(self._by_step.values(), key=lambda event: event.step)
+        if not running:
+            return None
+        fraction = max(0.0, min(1.0, min(event.fraction for event in running)))
+        if len(running) == 1:
+            return running[0].step, fraction, running[0].label()
+        hosts_steps = [event.step.partition(": ") for event in running]
+        steps = ", ".join(dict.fromkeys(step for _, _, step in hosts_steps))
+        figures = ", ".join(f"{host} {event.fraction:.0%}"
+                            for (host, _, _), event in zip(hosts_steps, running))
+        return f"{steps} on {len(running)} hosts", fraction, figures
+
 BY_KIND: dict[str, type[Event]] = {kind.kind: kind for kind in (
     Started, StepStarted, Log, StepFinished, Progress, PullProgress, HealthWait, Finished, Failed)}
 """Every event type by the `event` field of its JSON (`codeb --json`, the API's NDJSON)."""

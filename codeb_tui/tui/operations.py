@@ -24,8 +24,13 @@ class OperationRecord:
     summary: str | None = None
     started: float = field(default_factory=time.monotonic)
     duration_ms: float | None = None
-    progress: events.Progress | None = None
-    """How far the running step is (a pull, a health wait), until that step ends."""
+    progress_board: events.ProgressBoard = field(default_factory=events.ProgressBoard)
+    """How far each running step is (a pull, a health wait), until that step ends."""
+
+    @property
+    def progress(self) -> events.Progress | None:
+        """The latest progress event of a step still running."""
+        return self.progress_board.latest
 
     @property
     def key(self) -> tuple[str, str]:
@@ -44,14 +49,10 @@ class OperationRecord:
         """Record one event; return the line shown for it (a progress event's is kept in no
         log: the next one replaces it)."""
         line = f"{event.ts:%H:%M:%S} {event.line()}"
+        self.progress_board.update(event)
         if isinstance(event, events.Progress):
-            self.progress = event
             return line
         self.lines.append(line)
-        if self.progress is not None and (
-                isinstance(event, (events.Finished, events.Failed))
-                or (isinstance(event, events.StepFinished) and event.step == self.progress.step)):
-            self.progress = None
         if isinstance(event, events.Finished):
             self.state, self.summary, self.duration_ms = "succeeded", event.summary, event.duration_ms
         elif isinstance(event, events.Failed):

@@ -19,13 +19,15 @@ class OperationProgress(Horizontal):
         yield Static(id="progress-figures")
 
     def show(self, record: OperationRecord | None) -> None:
-        """`record`'s progress, or nothing (hidden) when it has none."""
-        event = record.progress if record is not None and record.running else None
-        self.display = event is not None
-        if record is None or event is None:
+        """`record`'s progress (several hosts at work share the line), or nothing (hidden)
+        when it has none."""
+        summary = record.progress_board.summary() if record is not None and record.running else None
+        self.display = summary is not None
+        if record is None or summary is None:
             return
+        what, fraction, figures = summary
         # Text, not markup: "[shop/production]" and image names are shown as they are.
         self.query_one("#progress-what", Static).update(
-            Text(f"[{record.project}/{record.environment}] {event.step}"))
-        self.query_one(ProgressBar).update(progress=round(max(0.0, min(1.0, event.fraction)) * 100))
-        self.query_one("#progress-figures", Static).update(Text(event.label()))
+            Text(f"[{record.project}/{record.environment}] {what}"))
+        self.query_one(ProgressBar).update(progress=round(fraction * 100))
+        self.query_one("#progress-figures", Static).update(Text(figures))
