@@ -327,6 +327,21 @@ def test_cli_deploy_with_host_and_status(config_file, remote_hosts, prefix):
         out = run_cli("deploy", f"{prefix}-bad", "--image", image("v1"), "--host", "web9",
                       config=config)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and "web9" in out.stderr
+
+        # `ports --host`: the port book as that host's Docker and sockets see it.
+        port = blue["port"]
+        out = run_cli("ports", "--host", "web2", "--json", config=config)
+        assert out.returncode == 0, out.stderr
+        pairs = [p for e in json.loads(out.stdout)["environments"] for p in e["used_pairs"]]
+        ours = next(p for p in pairs if port in (p["blue"], p["green"]))
+        assert ours["project"] == project and port in ours["listening"]
+        assert f"codeb-{project}-prod-blue" in ours["containers"]
+        out = run_cli("ports", "--json", config=config)  # local: no container of it here
+        pairs = [p for e in json.loads(out.stdout)["environments"] for p in e["used_pairs"]]
+        ours = next(p for p in pairs if port in (p["blue"], p["green"]))
+        assert ours["project"] == project and not ours["containers"], ours
+        out = run_cli("ports", "--host", "web9", config=config)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "web9" in out.stderr
     finally:
         for host in HOSTS:
             remote_hosts.run(host, ["docker", "rm", "-f", f"codeb-{project}-prod-blue"])

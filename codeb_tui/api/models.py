@@ -70,7 +70,8 @@ class SlotStatusParams(_Request):
 
 
 class PortsParams(_Request):
-    pass
+    host: Annotated[str, Field(max_length=63)] | None = Field(
+        None, description="whose containers and listening sockets (default: local)")
 
 
 class ReconcileParams(_Request):

@@ -127,8 +127,9 @@ async def projects(engine: Engine, principal: Principal, params: Any) -> dict[st
                          for (project, env), group in grouped]}
 
 
-async def ports(engine: Engine, principal: Principal, params: Any) -> models.PortsResult:
-    return models.PortsResult.model_validate((await engine.ports(principal)).to_json())
+async def ports(engine: Engine, principal: Principal, params: models.PortsParams
+                ) -> models.PortsResult:
+    return models.PortsResult.model_validate((await engine.ports(principal, params.host)).to_json())
 
 
 async def reconcile(engine: Engine, principal: Principal,

@@ -190,9 +190,11 @@ def status(project: str | None, env: str | None) -> int:
 
 
 @command(codeb, "ports", "port ranges, allocations and conflicts")
-def ports() -> int:
+@click.option("--host", metavar="NAME", default=None,
+              help="whose containers and listening sockets (default: local)")
+def ports(host: str | None) -> int:
     async def work(engine: Engine, s: Session) -> None:
-        report = await engine.ports(s.principal)
+        report = await engine.ports(s.principal, host)
         render.emit(s.as_json, report.to_json(), render.ports_text(report))
     return run(work)
 

@@ -322,9 +322,11 @@ class Engine:
                                 "known_hosts": offer.known_hosts})
         return offer
 
-    async def ports(self, principal: Principal) -> PortsReport:
+    async def ports(self, principal: Principal, host: str | None = None) -> PortsReport:
+        """The port book as seen on `host` (its containers and listening sockets; the local
+        host by default): the pairs are given out once for every host."""
         await self._admit(principal, "ports")
-        return await port_book.ports_report(self._ctx)
+        return await port_book.ports_report(self._ctx, self._ctx.host_named(host) if host else None)
 
     async def reconcile(self, principal: Principal, repair: bool = False, prune: bool = False,
                         projects: list[str] | None = None, live: bool = True) -> ReconcileReport:
