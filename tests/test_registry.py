@@ -192,3 +192,18 @@ async def test_local_listening_ports_by_netlink_match_proc_net_tcp():
         assert ours <= by_netlink
         assert by_netlink == by_proc
     assert not ours & _sock_diag_listening_ports()
+
+
+def test_any_slot_in_use_reads_up_to_the_first_one_and_skips_broken_files(tmp_path):
+    """The console's "Caddy restarted empty" check asks whether any slot is in use: all-empty
+    files (first deploys under way) are nothing to serve, a corrupt file is no answer."""
+    reg = FileRegistry(tmp_path)
+    assert not reg.any_slot_in_use()  # no slots/ at all
+    for i in range(5):
+        reg.write_slots(pair(f"p{i}", 4100 + 2 * i))
+    (tmp_path / "slots" / "broken-prod.json").write_text("{not json")
+    assert not reg.any_slot_in_use()
+    live = reg.read_slots("p3", PROD)
+    reg.write_slots(live.with_slot(live.blue.with_(state=SlotState.ACTIVE, image="r/x:1")),
+                    expected_version=live.version)
+    assert reg.any_slot_in_use()

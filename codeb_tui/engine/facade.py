@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -32,7 +33,6 @@ from codeb_tui.domain.errors import AccessDenied, BadInput
 from codeb_tui.domain.model import (
     Environment,
     SlotName,
-    SlotState,
     container_name,
     validate_image_ref,
     validate_project_name,
@@ -121,6 +121,10 @@ class TeamSummary:
     active_keys: int
 
 
+NOTHING_TO_SERVE_KEPT = 30.0
+"""Seconds an answer of "no slot in use" stands (see Engine._something_to_serve)."""
+
+
 class Engine:
     def __init__(self, config: Config, host: Host | None = None) -> None:
         self.config = config
@@ -133,6 +137,7 @@ class Engine:
         url = config.docker.registry_url
         self._images = ImageRegistry(url) if url else None
         self._containers = status_procedure.ContainerListing()
+        self._nothing_to_serve_until = 0.0
 
     @property
     def context(self) -> Context:
@@ -376,10 +381,16 @@ class Engine:
         return serves is False and await self._something_to_serve()
 
     async def _something_to_serve(self) -> bool:
-        # Read only when Caddy looks empty; all-empty slot files (a first deploy under way, or
-        # one that was killed) have nothing to route yet.
-        pairs, _ = await self._ctx.registry.aread_all_readable()
-        return any(s.state is not SlotState.EMPTY for pair in pairs for s in pair.slots())
+        # Asked only when Caddy looks empty. "Nothing" is kept for a while: the console asks
+        # every few seconds, and an installation with thousands of slot files and none in use
+        # would read them all each time (6 % of a core); a first deploy loads Caddy's config
+        # itself, so an empty Caddy is no news until then.
+        if time.monotonic() < self._nothing_to_serve_until:
+            return False
+        if await self._ctx.registry.aany_slot_in_use():
+            return True
+        self._nothing_to_serve_until = time.monotonic() + NOTHING_TO_SERVE_KEPT
+        return False
 
     def lock_holder(self, project: str, environment: Environment) -> str | None:
         """Who holds the project+environment lock and since when, None when free."""

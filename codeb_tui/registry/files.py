@@ -254,6 +254,19 @@ class FileRegistry:
                 pairs.append(pair)
         return pairs, corrupt
 
+    def any_slot_in_use(self) -> bool:
+        """Whether some readable slot file has a slot that is not empty: read file by file, up
+        to the first such one (all-empty files, a first deploy under way or killed, have
+        nothing for the proxy to serve)."""
+        for project, env, stray in self._listed():
+            try:
+                pair = None if stray else self.read_slots(project, env)
+            except RegistryCorrupt:
+                continue
+            if pair is not None and any(s.state is not SlotState.EMPTY for s in pair.slots()):
+                return True
+        return False
+
 
     # the same, off the event loop ----------------------------------------------------------
     # The engine runs on the console's (or the server's) loop: a file read or an fsync'd write
@@ -266,6 +279,9 @@ class FileRegistry:
 
     async def aread_all_readable(self) -> tuple[list[ProjectSlots], list[CorruptFile]]:
         return await asyncio.to_thread(self.read_all_readable)
+
+    async def aany_slot_in_use(self) -> bool:
+        return await asyncio.to_thread(self.any_slot_in_use)
 
     async def awrite_slots(self, slots: ProjectSlots, expected_version: int | None = None) -> ProjectSlots:
         return await asyncio.to_thread(self.write_slots, slots, expected_version)
