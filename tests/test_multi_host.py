@@ -339,7 +339,8 @@ def test_cli_deploy_with_host_and_status(config_file, remote_hosts, prefix):
         out = run_cli("ports", "--json", config=config)  # local: no container of it here
         pairs = [p for e in json.loads(out.stdout)["environments"] for p in e["used_pairs"]]
         ours = next(p for p in pairs if port in (p["blue"], p["green"]))
-        assert ours["project"] == project and not ours["containers"], ours
+        assert ours["project"] == project, ours
+        assert not [c for c in ours["containers"] if c.startswith(f"codeb-{project}-")], ours
         out = run_cli("ports", "--host", "web9", config=config)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and "web9" in out.stderr
     finally:
