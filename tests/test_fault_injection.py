@@ -55,6 +55,12 @@ DELAYS_MS = (30, 120)
 """Timed kills, counted from the `started` line: the process spends its first ~350 ms importing,
 so a delay counted from the spawn would always land before anything happens."""
 AFTER_KILL_S = 0.3  # production keeps being watched this long after the killed process is gone
+DOCKER_SETTLE_S = 1.5
+"""A process killed inside a step that sends Docker requests may die with one in flight: the
+daemon still carries it out (a container is created after its client is gone, a second later
+on a loaded machine). The checks wait that long first, as an operator's reconcile would come
+after it: otherwise what they see depends on the daemon's speed, not on codeb."""
+DOCKER_STEPS = ("stop previous container", "start container", "pull image")
 
 
 # --- scenarios ---------------------------------------------------------------------------------
@@ -329,6 +335,18 @@ class KilledRun:
         n = self.seen_at_kill if self.was_killed else len(self.lines)
         return f"#{n} {describe(self.lines[n - 1])}" if n else "(no line yet)"
 
+    def open_steps(self) -> set[str]:
+        """The steps the process had started and not finished when it died."""
+        steps: set[str] = set()
+        for line in self.lines:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if event.get("event") == "step_started":
+                    steps.add(event["step"])
+                elif event.get("event") == "step_finished":
+                    steps.discard(event["step"])
+        return steps
+
 
 def describe(line: str) -> str:
     """An event line in a few words: its kind and step, message or summary."""
@@ -544,6 +562,8 @@ def kill_point(worker: Worker, scenario: Scenario, kill: KillPoint, prefix: str)
             if production is not None:
                 time.sleep(AFTER_KILL_S)
         outcome.last_seen = run.last_seen()
+        if run.was_killed and any(step.endswith(DOCKER_STEPS) for step in run.open_steps()):
+            time.sleep(DOCKER_SETTLE_S)
         if not run.was_killed:
             outcome.note = f"ended by itself (exit {run.returncode}) after {len(run.lines)} lines"
         elif len(run.lines) > (run.seen_at_kill or 0):
