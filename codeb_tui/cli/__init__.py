@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import sys
 
-from codeb_tui.cli import history, host, serve, ssh_serve, workflow  # noqa: F401 - they add their commands
-from codeb_tui.cli.app import codeb
-from codeb_tui.cli.errors import guarded
-from codeb_tui.domain.errors import EXIT_OK
+from codeb_tui.cli.startup import collector_paused
+
+with collector_paused():
+    from codeb_tui.cli import history, host, serve, ssh_serve, workflow  # noqa: F401 - they add their commands
+    from codeb_tui.cli.app import codeb
+    from codeb_tui.cli.errors import guarded
+    from codeb_tui.domain.errors import EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import click
 
 from codeb_tui.cli import remote, render
 from codeb_tui.cli.errors import Choice, Group
+from codeb_tui.cli.startup import collector_paused
 from codeb_tui.domain import events
 from codeb_tui.domain.access import ROLES, Principal
 from codeb_tui.domain.config import Config, load_config, parse_config
@@ -124,7 +125,8 @@ def codeb(ctx: click.Context) -> int | None:
 
 def _console(s: Session) -> int:
     try:
-        from codeb_tui.tui.app import run_console
+        with collector_paused():  # the console pauses it again until its first frame
+            from codeb_tui.tui.app import run_console
     except ImportError:  # the console is optional for headless installs
         return run(lambda engine, s: _show_status(engine, s, None, None), s)
     return run_console(s.config, s.principal)

@@ -67,9 +67,14 @@ A slice each round, never one long burst: a thousand checks at once stall the ev
 RESCAN_ABOVE = 32
 """More slot files changed in one batch than this: the registry is read whole (one thread hop)
 rather than file by file."""
+FIRST_ROWS_WAIT = 1.0
+"""Seconds the start waits for the registry's rows before anything is drawn, so that the first
+frame has them: empty frames drawn meanwhile slowed the read down, and the table's first
+drawing with rows then came a pass later. A registry slower than that shows its rows when
+they come."""
 LIVE_AFTER_FIRST_FRAME = 0.5
-"""Seconds from the first registry rows to the first live poll: time for the slot table to
-size its columns (it does so when idle) and draw."""
+"""Seconds from the first registry rows to the first live poll: time for the first frame to
+be drawn (Textual draws a new screen in a few passes)."""
 SERVICES_EVERY = 3.0
 """Seconds between Docker / Caddy / database reachability checks."""
 DRIFT_EVERY = 30.0
@@ -122,6 +127,7 @@ class CodebApp(App[int]):
         self._drift_at = 0.0
         self._live_started = False
         self._wake = asyncio.Event()
+        self._first_rows = asyncio.Event()
         self._changed_rows: set[tuple[str, Environment]] = set()
         """Rows whose records live checks changed since the main screen last drew them."""
         self._reload_all = False
@@ -139,6 +145,8 @@ class CodebApp(App[int]):
         self.theme = config.console.theme
         if config.console.keymap:
             self.set_keymap(dict(config.console.keymap))
+        self._collector_paused = False
+        """The cyclic garbage collector is off from on_load to the first frame."""
 
     @property
     def operations(self) -> list[OperationRecord]:
@@ -149,14 +157,22 @@ class CodebApp(App[int]):
     def get_default_screen(self) -> Screen:
         return MainScreen(self.session)
 
+    def on_load(self) -> None:
+        """The start builds long-lived things (widgets, styles, rows): the cyclic collector's
+        passes over them find little and took ~0.1 s before the first frame. Paused until it
+        is drawn (_start_live; without live checks, after the first rows)."""
+        self._collector_paused = gc.isenabled()
+        gc.disable()
+
     async def on_mount(self) -> None:
         if self.served:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
         self._load_registry()
-        if self.session.live:
-            self._watch_registry()
+        with contextlib.suppress(TimeoutError):  # else the rows come when they are read
+            await asyncio.wait_for(self._first_rows.wait(), FIRST_ROWS_WAIT)
 
     async def on_unmount(self) -> None:
+        self._resume_collector()  # quit before the first frame
         if self.served:
             await self._audit_session_end()
         if self._owns_engine:
@@ -357,9 +373,16 @@ class CodebApp(App[int]):
     @work(exclusive=True, group="registry-watch", exit_on_error=False, description="registry watcher")
     async def _watch_registry(self) -> None:
         """Slot files and locks changed by anyone, told by file-system events: the changed
-        files are read again; a lock taken or released redraws the rows (who holds what)."""
+        files are read again; a lock taken or released redraws the rows (who holds what).
+        Started after the first frame (watchfiles loads then): every file is read once more
+        as soon as the watcher watches (its first step), for what changed before."""
         self.registry_watcher = watcher = self.engine.watch_registry()
-        async for changes in watcher:
+        batches = aiter(watcher)
+        first = asyncio.ensure_future(anext(batches))
+        await asyncio.sleep(0)  # its first step, which sets up the watches
+        self._load_registry()
+        changes = await first
+        while True:
             self._drift_stale = self._drift_stale or bool(changes.slot_files) or changes.rescan
             if changes.rescan or len(changes.slot_files) > RESCAN_ABOVE:
                 self._load_registry()
@@ -367,6 +390,7 @@ class CodebApp(App[int]):
                 self._load_registry(changes.slot_files)
             elif changes.locks and (target := self._redraw_target()) is not None:
                 target.refresh_rows()
+            changes = await anext(batches)
 
     def _load_registry(self, keys: set[tuple[str, Environment]] | frozenset | None = None) -> None:
         """Read the slot files of `keys` (project, environment) again, or every one (None):
@@ -410,6 +434,7 @@ class CodebApp(App[int]):
         session = self.session
         session.status = rows
         session.checked_at = checked_at
+        self._first_rows.set()
         self.post_message(StatusRefreshed(rows, checked_at, session.poll_period))
 
     def _redraw_target(self) -> MainScreen | None:
@@ -421,19 +446,29 @@ class CodebApp(App[int]):
     def _status_refreshed(self) -> None:
         if (target := self._redraw_target()) is not None:
             target.refresh_rows()
-        if self.session.live and not self._live_started:
+        if not self.session.live:
+            self.call_after_refresh(self._resume_collector)
+        elif not self._live_started:
             self._live_started = True
             self.set_timer(LIVE_AFTER_FIRST_FRAME, self._start_live)
 
+    def _resume_collector(self) -> None:
+        if self._collector_paused:
+            self._collector_paused = False
+            gc.enable()
+
     def _start_live(self) -> None:
-        """The first frame comes from the registry alone; polling and the drift check start
-        once it is drawn, so that a thousand health checks and a scan of every file do not
-        hold it back. What the start built (Textual's widgets, styles and caches, the rows)
-        lives as long as the console: frozen out of the garbage collector's full passes, which
-        otherwise walk it all now and then and stall the event loop (the start's garbage is
-        collected first, once, so none of it is kept)."""
+        """The first frame comes from the registry alone; polling, the registry watcher and
+        the drift check start once it is drawn, so that a thousand health checks and a scan of
+        every file do not hold it back. What the start built (Textual's widgets, styles and
+        caches, the rows) lives as long as the console: frozen out of the garbage collector's
+        full passes, which otherwise walk it all now and then and stall the event loop (the
+        start's garbage is collected first, once, so none of it is kept), then the collector
+        runs again."""
         gc.collect()
         gc.freeze()
+        self._resume_collector()
+        self._watch_registry()
         self._poll_loop()
         self.set_timer(0.4, self.check_drift)
         self.set_interval(DRIFT_EVERY, self._periodic_drift)

@@ -6,10 +6,11 @@ from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from codeb_tui.tui.screens.base import ConsoleScreen
 from codeb_tui.tui.session import ConsoleSession
+from codeb_tui.tui.widgets.footer import KeyFooter
 
 
 class HelpScreen(ConsoleScreen):
@@ -41,4 +42,4 @@ class HelpScreen(ConsoleScreen):
         with VerticalScroll(id="help"):
             yield Static(table)
             yield Static(text)
-        yield Footer()
+        yield KeyFooter()

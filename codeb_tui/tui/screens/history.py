@@ -9,7 +9,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.reactive import reactive
-from textual.widgets import DataTable, Footer, Input, Log, Static
+from textual.widgets import DataTable, Input, Log, Static
 
 from codeb_tui.domain.errors import AccessDenied
 from codeb_tui.engine.facade import AuditRecord
@@ -17,6 +17,7 @@ from codeb_tui.tui.history_query import SYNTAX, HistoryQuery, QueryError, parse_
 from codeb_tui.tui.operations import OperationRecord
 from codeb_tui.tui.screens.base import ConsoleScreen
 from codeb_tui.tui.session import ConsoleSession
+from codeb_tui.tui.widgets.footer import KeyFooter
 
 RESULT_STYLE = {"succeeded": "green", "failed": "bold red", "refused": "yellow", "denied": "bold magenta"}
 COLUMNS = ("Time (UTC)", "Action", "Project", "Env", "Result", "By", "Took", "Change")
@@ -58,7 +59,7 @@ class HistoryScreen(ConsoleScreen):
         log = Log(id="history-log", max_lines=20000)
         log.border_title = "log"
         yield log
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         # Opened to search: what the operator types goes to the search line; ↓ or Enter moves

@@ -5,12 +5,13 @@ from __future__ import annotations
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Log, Static
+from textual.widgets import Log, Static
 
 from codeb_tui.domain.model import SlotName, container_name
 from codeb_tui.tui.rows import ProjectRow
 from codeb_tui.tui.screens.base import ConsoleScreen
 from codeb_tui.tui.session import ConsoleSession
+from codeb_tui.tui.widgets.footer import KeyFooter
 
 
 class LogsScreen(ConsoleScreen):
@@ -27,7 +28,7 @@ class LogsScreen(ConsoleScreen):
     def compose(self) -> ComposeResult:
         yield Static(id="logs-title")
         yield Log(id="container-log", max_lines=5000)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._start()

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.reactive import reactive
-from textual.widgets import DataTable, Footer, Input, Log, Static
+from textual.widgets import DataTable, Input, Log, Static
 
 from codeb_tui.domain.model import Environment, SlotState
 from codeb_tui.tui import actions
@@ -29,6 +29,7 @@ from codeb_tui.tui.rows import (
 from codeb_tui.tui.screens.base import ConsoleScreen
 from codeb_tui.tui.session import ConsoleSession
 from codeb_tui.tui.widgets.drift_badge import DriftBadge
+from codeb_tui.tui.widgets.footer import KeyFooter
 from codeb_tui.tui.widgets.operation_progress import OperationProgress
 from codeb_tui.tui.widgets.slot_table import SlotTable
 
@@ -89,6 +90,10 @@ class MainScreen(ConsoleScreen):
         Binding("escape", "clear_filter", "Clear filter", id="clear-filter", show=False),
     ]
 
+    AUTO_FOCUS = "#slots"
+    """Focused once composed, so the first frame draws it focused (focus() in on_mount lands
+    after that frame: every row on screen was drawn twice)."""
+
     filter_text: reactive[str] = reactive("", init=False)
     """Substring of project, environment or image the rows must contain."""
     environment: reactive[Environment | None] = reactive(None, init=False)
@@ -124,13 +129,12 @@ class MainScreen(ConsoleScreen):
         log = Log(id="oplog", max_lines=2000)
         log.border_title = "operations"
         yield log
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._table = self.query_one(SlotTable)
         self.wide = self.app.size.width >= WIDE_AT
         self.query_one(SlotTable).set_layout(self.wide)
-        self.query_one(SlotTable).focus()
         self.refresh_rows()
         for record in self.session.operations:
             for line in record.lines:
@@ -184,9 +188,13 @@ class MainScreen(ConsoleScreen):
         session = self.session
         engine = session.engine
         decorated = []
+        # who holds a lock is asked only of the locks held (one listing of the lock folder),
+        # not of every row's lock file: 600 of them before the first frame
+        held = {(op.project, op.environment) for op in engine.running_operations()}
         for row in session.rows():
             running = session.running_operation(row.project, row.environment)
-            locked = engine.lock_holder(row.project, row.environment)
+            locked = (engine.lock_holder(row.project, row.environment)
+                      if (row.project, row.environment) in held else None)
             if running or locked:
                 row = replace(row, running=running.title if running else None, locked_by=locked)
             decorated.append(row)

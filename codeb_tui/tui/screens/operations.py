@@ -7,12 +7,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import Footer, Log, OptionList, Static
+from textual.widgets import Log, OptionList, Static
 from textual.widgets.option_list import Option
 
 from codeb_tui.tui.operations import OperationRecord
 from codeb_tui.tui.screens.base import ConsoleScreen
 from codeb_tui.tui.session import ConsoleSession
+from codeb_tui.tui.widgets.footer import KeyFooter
 from codeb_tui.tui.widgets.operation_progress import OperationProgress
 
 STATE_STYLE = {"running": "bold magenta", "succeeded": "green", "failed": "bold red",
@@ -32,7 +33,7 @@ class OperationsScreen(ConsoleScreen):
             yield OptionList(id="ops-list")
             yield Log(id="ops-log", max_lines=5000)
         yield OperationProgress(id="op-progress")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._fill()

@@ -10,12 +10,13 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from codeb_tui.domain.errors import CodebError
 from codeb_tui.domain.status import PortConflictKind, PortsReport
 from codeb_tui.tui.screens.base import ConsoleScreen
 from codeb_tui.tui.session import ConsoleSession
+from codeb_tui.tui.widgets.footer import KeyFooter
 
 REFRESH_EVERY = 3.0
 """Seconds between reloads of the report while the screen is visible (live mode only)."""
@@ -39,7 +40,7 @@ class PortsScreen(ConsoleScreen):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="ports"):
             yield Static("loading the port report…", id="ports-report")
-        yield Footer()
+        yield KeyFooter()
 
     def __init__(self, session: ConsoleSession) -> None:
         super().__init__(session)

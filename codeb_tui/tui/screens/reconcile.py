@@ -9,7 +9,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.reactive import reactive
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from codeb_tui.domain.errors import AccessDenied
 from codeb_tui.engine.reconcile import Drift, DriftKind, ReconcileReport
@@ -17,6 +17,7 @@ from codeb_tui.tui.messages import ReconcileApplied
 from codeb_tui.tui.screens.base import ConsoleScreen
 from codeb_tui.tui.screens.confirm import ConfirmModal
 from codeb_tui.tui.session import ConsoleSession
+from codeb_tui.tui.widgets.footer import KeyFooter
 
 DATABASE_KINDS = (DriftKind.MISSING_ROW, DriftKind.STALE_ROW, DriftKind.FIELD_MISMATCH)
 STATUS_STYLE = {"fixed": "green", "fixable": "yellow", "fixable (P)": "yellow",
@@ -110,7 +111,7 @@ class ReconcileScreen(ConsoleScreen):
             table.add_column(column, key=column.lower())
         yield table
         yield Static(id="reconcile-detail")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one(DataTable).focus()

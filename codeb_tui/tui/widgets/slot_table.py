@@ -77,6 +77,7 @@ class SlotTable(DataTable):
                 self._cells[row.key] = cells = self._row_cells(row, now, mono, wide)
                 self.add_row(*cells, key=row.key)
             self._order = order
+            self._size_rows()
             if selected in self._rows:
                 self.move_cursor(row=order.index(selected), animate=False)
         else:
@@ -98,6 +99,16 @@ class SlotTable(DataTable):
         super().watch_scroll_y(old_value, new_value)
         if round(old_value) != round(new_value):
             self._draw(self.visible_keys())
+
+    def _size_rows(self) -> None:
+        """Column widths and scrollable size for the rows just added, at once: DataTable
+        leaves them for when it is idle, so the first frame with rows was drawn with every
+        column as wide as its label (cells cut short), and then once more."""
+        if self._require_update_dimensions:
+            self._require_update_dimensions = False
+            new_rows = self._new_rows.copy()
+            self._new_rows.clear()
+            self._update_dimensions(new_rows)
 
     def _update_dimensions(self, new_rows) -> None:
         """DataTable's, with the column widths of new rows taken from the cells' own lengths
