@@ -13,7 +13,8 @@ in the same run, side by side:
 The registry holds --projects project+environments in all (the measured one and others whose
 slots have no container: Caddy routes them all, so the config and the files a switch reads are
 those of an installation that size). switch_ms_median is a switch's call to return (a rollback:
-the same procedure as a promote, health check, proxy lock, markers, slot file, audit rows).
+the same procedure as a promote, health check, proxy lock, in file mode the project's routes
+asked from Caddy by @id, markers, slot file, audit rows).
 The client is a process of its own (bench/loadgen.py) on codeb's small HTTP/1.1 client.
 
 Needs the services of scripts/services.sh (DOCKER_HOST set); starts a Caddy of its own.

@@ -82,6 +82,21 @@ async def test_rejected_config_is_caddys_error_and_changes_nothing(admin_port):
     assert await admin.current() == before
 
 
+async def test_a_part_of_the_config_by_id_or_path(admin_port):
+    admin = CaddyAdmin(f"http://127.0.0.1:{admin_port}")
+    config = site_config(admin_port, 3)
+    route = config["apps"]["http"]["servers"]["codeb"]["routes"][1]
+    route["@id"] = "site1&<co>"  # Caddy's encoder escapes &, < and >: compared parsed
+    await admin.load(config)
+    assert await admin.part("/id/site1&<co>") == route
+    assert await admin.part("/config/apps/http/servers/codeb/listen") == [
+        f"127.0.0.1:{SITE_PORT[0]}"]
+    assert await admin.part("/id/no-such-id") is None
+    assert await admin.part("/config/apps/http/servers/other/listen") is None
+    await admin.load({"admin": {"listen": f"127.0.0.1:{admin_port}"}})  # restarted empty
+    assert await admin.part("/config/apps/http/servers/codeb/listen") is None
+
+
 async def test_unreachable_admin_is_one_error_and_ping_false():
     port = free_ports(1)[0]  # nothing listens there
     admin = CaddyAdmin(f"http://127.0.0.1:{port}", timeout=2)

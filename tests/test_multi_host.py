@@ -94,7 +94,12 @@ async def test_deploy_promote_rollback_on_two_hosts(multi, remote_hosts, prefix,
         assert (status, body.split()[:2]) == (200, ["healthy", "v1"]), (host, status, body)
 
     await ok(multi.deploy(LOCAL, project, image("v2")))  # goes where the slot file says
-    await ok(multi.promote(LOCAL, project))
+    evs = await collect(multi.promote(LOCAL, project))
+    assert isinstance(terminal(evs), events.Finished), terminal(evs).line()
+    # Each host's Caddy runs the project's routes as built (small GETs through the forward):
+    # markers only.
+    assert {f"{host}: proxy routes unchanged: no reload" for host in HOSTS} <= {
+        e.message for e in evs if isinstance(e, events.Log)}
     for host in HOSTS:
         assert served(remote_hosts, multi, host, project)[1].split()[:3] == [
             "healthy", "v2", "slot=green"], host
@@ -233,6 +238,28 @@ async def test_a_host_down_during_a_promote_is_switched_back(multi, remote_hosts
     await ok(multi.promote(LOCAL, project))
     for host in HOSTS:
         assert served(remote_hosts, multi, host, project)[1].split()[:2] == ["healthy", "v2"]
+
+
+async def test_a_host_whose_caddy_restarted_empty_gets_its_config_from_the_promote(
+        multi, remote_hosts, prefix):
+    """Each host decides alone: web1 runs the project's routes as built (markers only), web2's
+    Caddy lost its config (the full path loads it); both serve the promoted slot."""
+    project = f"{prefix}-cold"
+    await ok(multi.deploy(LOCAL, project, image("v1"), hosts=HOSTS))
+    await ok(multi.promote(LOCAL, project))
+    await ok(multi.deploy(LOCAL, project, image("v2")))
+    web2 = multi.context.host_named("web2")
+    await web2.caddy.load({"admin": (await web2.caddy.current())["admin"]})
+
+    evs = await collect(multi.promote(LOCAL, project))
+    assert isinstance(terminal(evs), events.Finished), terminal(evs).line()
+    lines = [e.message for e in evs if isinstance(e, events.Log)]
+    assert "web1: proxy routes unchanged: no reload" in lines
+    assert not any(line.startswith("web2: proxy routes unchanged") for line in lines)
+    assert any(line.startswith("web2: proxy config applied") for line in lines), lines
+    for host in HOSTS:
+        assert served(remote_hosts, multi, host, project)[1].split()[:3] == [
+            "healthy", "v2", "slot=green"], host
 
 
 def test_slot_files_of_local_projects_stay_as_they_were(tmp_path):

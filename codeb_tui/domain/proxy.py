@@ -137,6 +137,19 @@ def build_caddy_config(config: Config, all_slots: list[ProjectSlots],
     }
 
 
+def live_parts(config: Config, pair: ProjectSlots) -> list[tuple[str, Any]]:
+    """What Caddy's admin API answers for the parts of build_caddy_config's output a switch of
+    `pair` relies on, as (path, object; None where there is none): each of the pair's routes by
+    its @id (`/id/<tag>`), the server's listen address and the API route. A file-mode switch
+    that keeps the pair's ports finds all of them live and sets markers only; the other
+    project+environments' routes are checked by their own switches."""
+    parts: list[tuple[str, Any]] = [(f"/id/{route.tag}", _caddy_route(route, config))
+                                    for route in routes_for(config, [pair])]
+    parts.append((f"/config/apps/http/servers/{SERVER_NAME}/listen", [config.caddy.listen]))
+    parts.append((f"/id/{API_ROUTE_ID}", _api_route(config) if config.api.domain else None))
+    return parts
+
+
 API_ROUTE_ID = "codeb-api"
 
 

@@ -32,6 +32,7 @@ from codeb_tui.domain.config import Config
 from codeb_tui.domain.errors import AccessDenied, BadInput
 from codeb_tui.domain.model import (
     Environment,
+    ProjectSlots,
     SlotName,
     container_name,
     validate_image_ref,
@@ -190,13 +191,16 @@ class Engine:
     async def _record(self, run: OperationRun, terminal: events.Event) -> None:
         await record_operation(self._ctx, run, terminal)
 
-    async def _recover(self, run: OperationRun, project: str, env: Environment) -> None:
+    async def _recover(self, run: OperationRun, project: str,
+                       env: Environment) -> ProjectSlots | None:
         """Finish or undo what an interrupted operation left of this project+environment,
-        before this one changes anything (docs/architecture.md, "Faults")."""
+        before this one changes anything (docs/architecture.md, "Faults"). Returns the slot
+        file as read: recovery changes containers only, never the file."""
         pair = await self._ctx.registry.aread_slots(project, env)
         done = await recovery.recover(self._ctx, run.log, project, env, pair)
         for line in done:
             run.warn(f"an earlier operation on {project} ({env.value}) was interrupted: {line}")
+        return pair
 
     @staticmethod
     def _validated(run: OperationRun) -> tuple[str, Environment]:
@@ -241,8 +245,8 @@ class Engine:
             run.touched = True
             await self._admit_run(run, principal, operation, env.value)
             async with self._lock(run, name, env):
-                await self._recover(run, name, env)
-                return await procedure(self._ctx, run, name, env)
+                pair = await self._recover(run, name, env)
+                return await procedure(self._ctx, run, name, env, pair)
 
         return self._operation(principal, operation, project, str(environment), body)
 

@@ -4,6 +4,9 @@ In `file` mode (the default) a promote or rollback never reloads Caddy: every pr
 routes to both slots, each route gated by a marker file Caddy checks per request, and a switch
 creates one marker and removes the other. The config itself is loaded only when it differs from
 the live one (a new project+environment), with a backup that is restored if Caddy refuses it.
+A switch that keeps the project's ports first asks Caddy for the project's routes alone (by
+their @id) and, when they are as built, sets the markers without reading the other projects'
+slot files or Caddy's whole config.
 Everything here runs under the proxy lock, so two switches never interleave.
 """
 
@@ -20,6 +23,7 @@ from codeb_tui.domain.model import LOCAL_HOST, Environment, ProjectSlots
 from codeb_tui.domain.proxy import (
     SERVER_NAME,
     build_caddy_config,
+    live_parts,
     route_count,
     route_tag_prefix,
     routes_of,
@@ -47,25 +51,34 @@ async def commit(ctx: Context, run: OperationRun, before: ProjectSlots | None,
     async with registry.global_lock("proxy", f"{run.operation} {run.project} ({run.environment})",
                                     actor=run.actor, on_wait=run.log):
         names = after.hosts
-        # What each Caddy runs is asked while the registry is read (the proxy lock keeps other
-        # codeb processes from changing it meanwhile): the two longest waits of a switch.
-        live_texts = {name: asyncio.ensure_future(ctx.host_named(name).caddy.current_text())
-                      for name in names}
-        try:
-            pairs, corrupt = await registry.aread_all_readable()
-        except BaseException:
-            for future in live_texts.values():
-                future.cancel()
-            await asyncio.gather(*live_texts.values(), return_exceptions=True)
-            raise
-        others = [p for p in pairs if (p.project, p.environment) != (after.project, after.environment)]
-        wanted = others + [after]
+        routes_kept = _routes_kept(ctx, before, after)
+        registry_read: asyncio.Future | None = None  # all slot files: once, for the full path
         switched: dict[str, HostSwitch] = {}
 
         async def switch_one(host: Host) -> None:
+            nonlocal registry_read
             # Recorded before anything happens: a host that fails part-way is undone too.
             switched[host.name] = done = HostSwitch(host, None)
-            await _switch_host(ctx, run, done, wanted, corrupt, after, live_texts[host.name])
+            if routes_kept and await _runs_as_built(ctx, host, after):
+                # The usual switch: neither the other projects' slot files nor Caddy's whole
+                # config (~300 kB with 200 projects) is needed, only the markers.
+                run.log(f"{_label(ctx, host)}proxy routes unchanged: no reload")
+                await _set_markers(ctx, host, after.project, after.environment, [after])
+                return
+            # What Caddy runs is asked while the registry is read (the proxy lock keeps other
+            # codeb processes from changing it meanwhile): the two longest waits of this path.
+            live_text = asyncio.ensure_future(host.caddy.current_text())
+            if registry_read is None:
+                registry_read = asyncio.ensure_future(registry.aread_all_readable())
+            try:
+                pairs, corrupt = await registry_read
+            except BaseException:
+                live_text.cancel()
+                await asyncio.gather(live_text, return_exceptions=True)
+                raise
+            wanted = [p for p in pairs
+                      if (p.project, p.environment) != (after.project, after.environment)]
+            await _switch_host(ctx, run, done, wanted + [after], corrupt, after, live_text)
 
         try:
             await on_hosts(ctx, names, switch_one)
@@ -89,6 +102,22 @@ async def commit(ctx: Context, run: OperationRun, before: ProjectSlots | None,
                 await _write_json(_live_copy(ctx, done.host.name), done.config)
         run.written.append(written)
         return written
+
+
+def _routes_kept(ctx: Context, before: ProjectSlots | None, after: ProjectSlots) -> bool:
+    """In file mode a project's routes follow its ports and hosts, not its slot states: a switch
+    that keeps them changes no route, wherever Caddy runs them as built."""
+    return (ctx.config.caddy.switch_mode == "file" and before is not None
+            and before.hosts == after.hosts and before.ports == after.ports)
+
+
+async def _runs_as_built(ctx: Context, host: Host, pair: ProjectSlots) -> bool:
+    """Whether `host`'s Caddy runs the routes of `pair`, and the server around them, exactly as
+    build_caddy_config makes them: a few small GETs at once instead of the whole config. Not
+    so (Caddy restarted empty, a route edited by hand, a config change): the full path."""
+    parts = live_parts(ctx.proxy_config(host.name), pair)
+    live = await asyncio.gather(*[host.caddy.part(path) for path, _ in parts])
+    return all(found == built for found, (_, built) in zip(live, parts))
 
 
 @dataclass

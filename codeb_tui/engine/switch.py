@@ -41,10 +41,10 @@ def _nothing_to_switch(kind: SwitchKind, project: str, env: Environment,
 
 
 async def switch(ctx: Context, run: OperationRun, kind: SwitchKind, project: str,
-                 env: Environment) -> tuple[Slot, Slot | None]:
+                 env: Environment, pair: ProjectSlots | None) -> tuple[Slot, Slot | None]:
     """Move production traffic to the slot in `kind.source`; the active one goes into grace.
-    Returns (the slot now live, the slot now in grace). The caller holds the project lock."""
-    pair = await ctx.registry.aread_slots(project, env)
+    Returns (the slot now live, the slot now in grace). The caller holds the project lock and
+    has read the slot file (`pair`) under it: the write checks its version."""
     target = pair.in_state(kind.source) if pair else None
     if pair is None or target is None:
         raise _nothing_to_switch(kind, project, env, pair)
@@ -75,9 +75,9 @@ async def switch(ctx: Context, run: OperationRun, kind: SwitchKind, project: str
     return target, previous
 
 
-async def promote(ctx: Context, run: OperationRun, project: str,
-                  env: Environment) -> tuple[str, dict[str, Any]]:
-    live, previous = await switch(ctx, run, PROMOTE, project, env)
+async def promote(ctx: Context, run: OperationRun, project: str, env: Environment,
+                  pair: ProjectSlots | None) -> tuple[str, dict[str, Any]]:
+    live, previous = await switch(ctx, run, PROMOTE, project, env, pair)
     url = ctx.config.production_url(project, env)
     kept = (f"; {previous.name.value} ({previous.image}) kept in grace for "
             f"{ctx.config.grace_hours:g} h") if previous else ""
@@ -85,9 +85,9 @@ async def promote(ctx: Context, run: OperationRun, project: str,
             f"{_on_hosts(run)}{kept}", _result(live, previous, url, run))
 
 
-async def rollback(ctx: Context, run: OperationRun, project: str,
-                   env: Environment) -> tuple[str, dict[str, Any]]:
-    live, previous = await switch(ctx, run, ROLLBACK, project, env)
+async def rollback(ctx: Context, run: OperationRun, project: str, env: Environment,
+                   pair: ProjectSlots | None) -> tuple[str, dict[str, Any]]:
+    live, previous = await switch(ctx, run, ROLLBACK, project, env, pair)
     url = ctx.config.production_url(project, env)
     return (f"{project} ({env.value}) rolled back to {live.name.value} ({live.image}) at {url}"
             f"{_on_hosts(run)}", _result(live, previous, url, run))

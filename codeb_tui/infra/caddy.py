@@ -83,6 +83,17 @@ class CaddyAdmin:
             raise ProxyApplyFailed(f"Caddy admin GET /config/ answered {response.status}")
         return response.body
 
+    async def part(self, path: str) -> Any:
+        """One object of the live config by its admin path (`/id/<@id>`, `/config/<path>`): a
+        few hundred bytes where `current` is the whole config. None when Caddy has none there
+        (404 for an unknown @id, 400 for a path its config does not have)."""
+        response = await self._call("GET", path)
+        if response.status in (400, 404):
+            return None
+        if response.status != 200:
+            raise ProxyApplyFailed(f"Caddy admin GET {path} answered {response.status}")
+        return decode(response.body, path)
+
     async def load(self, config: dict[str, Any]) -> None:
         response = await self._call("POST", "/load", json.dumps(config).encode())
         if response.status != 200:
@@ -100,12 +111,13 @@ def encode(config: dict[str, Any]) -> bytes:
     return text.encode() + b"\n"
 
 
-def decode(text: bytes) -> dict[str, Any] | None:
-    """What `current_text` answered, parsed (None: Caddy runs no config at all)."""
+def decode(text: bytes, path: str = "/config/") -> Any:
+    """What a GET of `path` answered, parsed (for `current_text`, None: Caddy runs no config
+    at all)."""
     try:
         return json.loads(text)
     except ValueError:
-        raise ProxyApplyFailed("Caddy admin GET /config/ answered no JSON") from None
+        raise ProxyApplyFailed(f"Caddy admin GET {path} answered no JSON") from None
 
 
 def _literal_family(host: str) -> socket.AddressFamily | None:
