@@ -292,8 +292,11 @@ async def test_a_member_may_not_clean_up_production(ssh_server, keys, prefix):
     member = await Terminal.open(server, "carol", keys.carol)
     try:
         await member.wait_for(project)
-        await member.wait_for(lambda t: "Promote" in member.footer, "the member's footer")
-        assert "Cleanup" not in member.footer
+        # Row actions follow the selected row's environment: until a row is selected the
+        # footer offers what the member may do somewhere (cleanup too), then production's.
+        await member.wait_for(lambda t: "Promote" in member.footer
+                              and "Cleanup" not in member.footer,
+                              "the member's footer for a production row, without Cleanup")
         await member.press("c")
         await member.wait_for(lambda t: "Access Denied" in t and "ssh:carol" in t,
                               "the member's refusal")
