@@ -44,8 +44,21 @@ def _host(url: str) -> str:
     return host.partition(":")[0].lower() or url
 
 
+MARKER_KINDS = ("live", "preview")
+
+
 def marker_name(pair: ProjectSlots, slot: SlotName, kind: str) -> str:
-    return f"{route_tag_prefix(pair.project, pair.environment)}.{slot.value}.{kind}"
+    return _marker(route_tag_prefix(pair.project, pair.environment), slot, kind)
+
+
+def project_markers(project: str, environment: Environment) -> set[str]:
+    """Every marker name one project+environment can have."""
+    prefix = route_tag_prefix(project, environment)
+    return {_marker(prefix, slot, kind) for slot in SlotName for kind in MARKER_KINDS}
+
+
+def _marker(prefix: str, slot: SlotName, kind: str) -> str:
+    return f"{prefix}.{slot.value}.{kind}"
 
 
 def wanted_markers(all_slots: list[ProjectSlots]) -> set[str]:

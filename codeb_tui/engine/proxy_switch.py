@@ -24,6 +24,7 @@ from codeb_tui.domain.proxy import (
     SERVER_NAME,
     build_caddy_config,
     live_parts,
+    project_markers,
     route_count,
     route_tag_prefix,
     routes_of,
@@ -294,13 +295,13 @@ async def _set_markers(ctx: Context, host: Host, project: str, environment: Envi
     if ctx.config.caddy.switch_mode != "file":
         return
     directory = ctx.proxy_config(host.name).caddy.markers
-    prefix = f"{route_tag_prefix(project, environment)}."
-    present = {n for n in await host.list_files(directory) if n.startswith(prefix)}
     wanted = wanted_markers(pairs)
-    for name in sorted(wanted - present):
-        await host.create_file(directory / name)
-    for name in sorted(present - wanted):
-        await host.remove_file(directory / name)
+    # The names a project+environment can have are known: no listing of the folder (over
+    # SFTP a round trip and ~2 ms of CPU for a few hundred names). Creating one that exists
+    # changes nothing; removing one that does not neither.
+    await asyncio.gather(*[host.create_file(directory / name) for name in sorted(wanted)])
+    await asyncio.gather(*[host.remove_file(directory / name)
+                           for name in sorted(project_markers(project, environment) - wanted)])
 
 
 async def _save_backup(ctx: Context, host: str, config: dict) -> str:
