@@ -127,6 +127,7 @@ class Host(abc.ABC):
 
     async def aclose(self) -> None:
         await self.health.aclose()
+        self.caddy.close()
         self.docker.close()
 
 

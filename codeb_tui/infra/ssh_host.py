@@ -174,6 +174,7 @@ class SSHHost(Host):
             # Our port was taken meanwhile: another one, and the admin client follows it.
             caddy = await conn.forward_local_port("127.0.0.1", 0, *self._caddy_dest)
             self._caddy_port = caddy.get_port()
+            self.caddy.close()  # its kept connections went to the old port
             self.caddy = self._caddy_admin()
         self._listeners.append(caddy)
         await self._forward_registry(conn)
