@@ -181,6 +181,13 @@ def terminal(evs: list[events.Event]) -> events.Event:
     return evs[-1]
 
 
+def ok(evs: list[events.Event]) -> events.Finished:
+    """The operation's Finished event; fails with its error otherwise."""
+    last = terminal(evs)
+    assert isinstance(last, events.Finished), getattr(last, "error", last)
+    return last
+
+
 def through_caddy(host: str, path: str = "/") -> httpx.Response:
     """A request through the session's Caddy with the site's Host header (never DNS)."""
     return httpx.get(f"http://127.0.0.1:{CADDY_HTTP_PORT}{path}", headers={"Host": host},

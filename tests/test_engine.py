@@ -13,15 +13,9 @@ from codeb_tui.engine.facade import Engine
 from codeb_tui.domain.model import Environment, SlotState, utcnow
 from codeb_tui.domain.status import PortConflictKind
 
-from conftest import LOCAL, CADDY_HTTP_PORT, collect, image, terminal, through_caddy
+from conftest import CADDY_HTTP_PORT, LOCAL, collect, image, ok, terminal, through_caddy
 
 PROD = Environment.PRODUCTION
-
-
-def ok(evs):
-    last = terminal(evs)
-    assert isinstance(last, events.Finished), getattr(last, "error", last)
-    return last
 
 
 def failed(evs, exit_code=None):

@@ -12,16 +12,10 @@ from codeb_tui.domain import events
 from codeb_tui.domain.model import Environment
 from codeb_tui.domain.proxy import build_caddy_config
 
-from conftest import LOCAL, collect, image, terminal, through_caddy
+from conftest import LOCAL, collect, image, ok, through_caddy
 
 PROD = Environment.PRODUCTION
 NO_RELOAD = "proxy routes unchanged: no reload"
-
-
-def ok(evs):
-    last = terminal(evs)
-    assert isinstance(last, events.Finished), getattr(last, "error", last)
-    return evs
 
 
 def logs(evs) -> list[str]:
@@ -70,7 +64,7 @@ async def test_a_promote_with_the_routes_live_sets_the_markers_only(engine, pref
     # Another project's broken slot file is no concern of this switch: it reads only its own.
     engine.context.registry.slot_path(other, PROD).write_text("{")
 
-    evs = ok(await collect(engine.promote(LOCAL, project)))
+    ok(evs := await collect(engine.promote(LOCAL, project)))
     assert NO_RELOAD in logs(evs)
     assert httpx.get(f"{caddy['admin']}/config/", timeout=5, trust_env=False).content == before
     assert markers(engine, project) == [f"{project}-prod.blue.preview",
@@ -93,7 +87,7 @@ async def test_a_route_changed_behind_codebs_back_is_loaded_again_by_the_promote
             route["handle"][-1]["upstreams"][0]["dial"] = f"127.0.0.1:{pair.blue.port}"
     load(caddy, config)
 
-    evs = ok(await collect(engine.promote(LOCAL, project)))
+    ok(evs := await collect(engine.promote(LOCAL, project)))
     assert NO_RELOAD not in logs(evs)
     assert any(line.startswith("proxy config applied") for line in logs(evs))
     assert_promoted_to_green(engine, caddy, project)
@@ -105,7 +99,7 @@ async def test_caddy_restarted_empty_gets_config_and_markers_from_the_promote(en
     await green_deployed_blue_live(engine, project)
     load(caddy, {"admin": {"listen": caddy["admin"].split("//")[1]}})
 
-    evs = ok(await collect(engine.promote(LOCAL, project)))
+    ok(evs := await collect(engine.promote(LOCAL, project)))
     assert NO_RELOAD not in logs(evs)
     assert_promoted_to_green(engine, caddy, project)
 
@@ -120,7 +114,7 @@ async def test_a_changed_listen_address_is_loaded_by_the_promote(make_config, pr
     try:
         project = f"{prefix}-moved"
         await green_deployed_blue_live(first, project)
-        evs = ok(await collect(moved.promote(LOCAL, project)))
+        ok(evs := await collect(moved.promote(LOCAL, project)))
         assert NO_RELOAD not in logs(evs)
         assert live_config(caddy)["apps"]["http"]["servers"]["codeb"]["listen"] == [
             moved.config.caddy.listen]

@@ -18,7 +18,6 @@ from dataclasses import fields
 import httpx
 
 from codeb_tui.cli import main
-from codeb_tui.domain import events
 from codeb_tui.engine.audit import slot_rows
 from codeb_tui.engine.facade import Engine
 from codeb_tui.domain.model import Environment
@@ -26,16 +25,10 @@ from codeb_tui.domain.proxy import build_caddy_config
 from codeb_tui.engine.reconcile import DriftKind
 from codeb_tui.store.base import SlotRow
 
-from conftest import LOCAL, collect, free_ports, image, terminal, through_caddy
+from conftest import LOCAL, collect, free_ports, image, ok, through_caddy
 
 PROD = Environment.PRODUCTION
 DOWN_DSN = "postgresql://postgres@127.0.0.1:5999/postgres"
-
-
-def ok(evs):
-    last = terminal(evs)
-    assert isinstance(last, events.Finished), getattr(last, "error", last)
-    return last
 
 
 def kinds(report):

@@ -9,15 +9,9 @@ from codeb_tui.domain import events
 from codeb_tui.domain.model import Environment, SlotState
 from codeb_tui.engine.reconcile import DriftKind
 
-from conftest import LOCAL, collect, free_ports, image, run_cli, terminal, through_caddy
+from conftest import LOCAL, collect, free_ports, image, ok, run_cli, terminal, through_caddy
 
 PROD = Environment.PRODUCTION
-
-
-def ok(evs):
-    last = terminal(evs)
-    assert isinstance(last, events.Finished), getattr(last, "error", last)
-    return last
 
 
 async def test_rollback_never_serves_the_image_an_interrupted_deploy_left_in_the_grace_slot(
