@@ -78,6 +78,39 @@ def docker_client(docker_host):
     client.close()
 
 
+MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json, "
+                  "application/vnd.oci.image.manifest.v1+json")
+
+
+@pytest.fixture
+def pushed(docker_client):
+    """push(repository, tag, source_tag="v1") -> reference: the demo image `source_tag` pushed
+    to the registry as `{REGISTRY}/{repository}:{tag}`, as a CI build would leave it. What was
+    pushed is deleted from the registry afterwards (by digest, in that repository only), so
+    test runs do not pile tags up in the demo's image picker."""
+    refs: list[tuple[str, str]] = []
+
+    def push(repository: str, tag: str, source_tag: str = "v1") -> str:
+        assert repository != "demo/app", "deleting by digest would take the demo's tags too"
+        repo = f"{REGISTRY}/{repository}"
+        docker_client.images.get(image(source_tag)).tag(repo, tag)
+        for line in docker_client.images.push(repo, tag=tag, stream=True, decode=True):
+            assert "error" not in line, line
+        refs.append((repository, tag))
+        return f"{repo}:{tag}"
+
+    yield push
+    for repository, tag in refs:
+        head = httpx.head(f"http://{REGISTRY}/v2/{repository}/manifests/{tag}",
+                          headers={"Accept": MANIFEST_TYPES}, timeout=10, trust_env=False)
+        digest = head.headers.get("Docker-Content-Digest")
+        if head.status_code == 200 and digest:
+            httpx.delete(f"http://{REGISTRY}/v2/{repository}/manifests/{digest}",
+                         timeout=10, trust_env=False)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(f"{REGISTRY}/{repository}:{tag}", force=True)
+
+
 @pytest.fixture(scope="session")
 def caddy(tmp_path_factory):
     """A Caddy of the test session's own, admin and sites on free loopback ports."""

@@ -138,21 +138,12 @@ def refused(answer: httpx.Response, status: int, words: str) -> dict:
     return body
 
 
-def push_image(docker_client, project: str, tag: str) -> str:
-    """`{registry}/{project}:{tag}` in the registry, as CI's build would leave it."""
-    repo = f"{REGISTRY}/{project}"
-    docker_client.images.get(image("v1")).tag(repo, tag)
-    for line in docker_client.images.push(repo, tag=tag, stream=True, decode=True):
-        assert "error" not in line, line
-    return f"{repo}:{tag}"
-
-
 # --- the seed's call and the generated workflow --------------------------------------------------
 
 
-def test_the_seed_curl_line_deploys_and_answers_the_preview_url(server, docker_client):
+def test_the_seed_curl_line_deploys_and_answers_the_preview_url(server, pushed):
     project = f"{server.prefix}-workb"
-    ref = push_image(docker_client, project, "3f2c1e0")
+    ref = pushed(project, "3f2c1e0")
     line = (SEED_CURL.replace("https://api.codeb.kr", server.url)
             .replace('"workb"', f'"{project}"').replace("64.176.226.119:5000/workb:sha", ref))
     out = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60,
@@ -175,7 +166,7 @@ def github_expressions(text: str, values: dict[str, str]) -> str:
     return re.sub(r"\$\{\{\s*([\w.]+)\s*\}\}", lambda m: values[m.group(1)], text)
 
 
-def test_the_generated_workflow_deploys_through_the_server(server, docker_client, tmp_path):
+def test_the_generated_workflow_deploys_through_the_server(server, pushed, tmp_path):
     project = f"{server.prefix}-wf"
     path = tmp_path / "deploy.yml"
     out = server.cli("workflow", "init", project, "--api-url", server.url, "--output", str(path))
@@ -194,7 +185,7 @@ def test_the_generated_workflow_deploys_through_the_server(server, docker_client
         in step["run"] and "Content-Type: application/json" in step["run"]
 
     sha = "0123456789abcdef0123456789abcdef01234567"
-    ref = push_image(docker_client, project, sha)
+    ref = pushed(project, sha)
     values = {"github.sha": sha, "secrets.CODEB_API_KEY": server.keys["member"],
               **{f"env.{k}": str(v) for k, v in job["env"].items()}}
     env = {**os.environ, **{k: str(v) for k, v in job["env"].items()},

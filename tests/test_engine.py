@@ -280,35 +280,29 @@ async def test_a_fresh_deploy_is_never_shown_as_a_missing_container(engine, pref
 
 
 async def test_a_pull_is_skipped_only_when_the_host_has_the_registrys_digest(make_config, prefix,
-                                                                           docker_client):
+                                                                           docker_client, pushed):
     """With docker.registry_url, a deploy asks the registry which manifest the tag names now and
     pulls only when the engine's image of that tag is another: a tag moved in the registry (here
-    `moved` pushed as v2 while the engine's `moved` is v1) is pulled, and then runs v2."""
-    from conftest import IMAGE, REGISTRY
+    `<prefix>-moved:m` pushed as v2 while the engine's is v1) is pulled, and then runs v2."""
+    from conftest import REGISTRY
 
     engine = Engine(make_config(docker={"endpoint": make_config().docker.endpoint,
                                         "registry_url": f"http://{REGISTRY}"}))
-    moved = f"{prefix}-moved"
     try:
-        docker_client.images.get(image("v2")).tag(IMAGE, tag=moved)
-        docker_client.images.push(IMAGE, tag=moved)
-        docker_client.images.get(image("v1")).tag(IMAGE, tag=moved)  # the engine's: v1
+        moved = pushed(f"{prefix}-moved", "m", source_tag="v2")
+        docker_client.images.get(image("v1")).tag(moved)  # the engine's: v1
 
         project = f"{prefix}-digest"
         first = await collect(engine.deploy(LOCAL, project, image("v1")))
         ok(first)
         assert any("is here already" in getattr(e, "message", "") for e in first), \
             [e.line() for e in first]
-        second = await collect(engine.deploy(LOCAL, project, image(moved)))
+        second = await collect(engine.deploy(LOCAL, project, moved))
         ok(second)
         messages = [getattr(e, "message", "") for e in second]
-        assert f"pulled {image(moved)}" in messages and not any("is here already" in m
-                                                               for m in messages)
+        assert f"pulled {moved}" in messages and not any("is here already" in m
+                                                         for m in messages)
         # the first deploy was never promoted: the second replaced it in blue
         assert through_caddy(f"blue.{project}.prod-preview.test").text.startswith("healthy v2")
     finally:
         await engine.aclose()
-        try:
-            docker_client.images.remove(image(moved), force=True)
-        except Exception:
-            pass
