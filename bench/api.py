@@ -29,6 +29,7 @@ import docker
 import httpx
 import yaml
 
+from bench import need_services
 from bench.deploy import IMAGE, config_data
 from bench.reconcile import config_for, make_pairs, write_registry
 from bench.switch import must, start_caddy
@@ -181,8 +182,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    if "DOCKER_HOST" not in os.environ:
-        raise SystemExit("DOCKER_HOST is not set: source the env file of scripts/services.sh")
+    need_services()
     root = Path(tempfile.mkdtemp(prefix="codeb-bench-api-"))
     tag = f"ba{os.getpid() % 10000}"
     caddy = start_caddy(root)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from bench import need_services
 from bench.reconcile import ENVS, config_for, make_pairs, write_registry
 
 PROJECTS = 10
@@ -83,8 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
-    if "DOCKER_HOST" not in os.environ:
-        raise SystemExit("DOCKER_HOST is not set: source the env file of scripts/services.sh")
+    need_services()
 
     root = Path(tempfile.mkdtemp(prefix="codeb-bench-cli-"))
     try:

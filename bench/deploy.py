@@ -30,6 +30,7 @@ import docker
 import httpx
 import yaml
 
+from bench import need_services
 from bench.switch import ADMIN_PORT, HTTP_PORT, must, start_caddy
 from codeb_tui.domain.config import parse_config
 from codeb_tui.engine.facade import Engine, local_principal
@@ -78,8 +79,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    if "DOCKER_HOST" not in os.environ:
-        raise SystemExit("DOCKER_HOST is not set: source the env file of scripts/services.sh")
+    need_services()
     root = Path(tempfile.mkdtemp(prefix="codeb-bench-deploy-"))
     caddy = start_caddy(root)
     client = docker.DockerClient(base_url=os.environ["DOCKER_HOST"])

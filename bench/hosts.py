@@ -31,6 +31,7 @@ from pathlib import Path
 
 import docker
 
+from bench import need_services
 from bench.deploy import INTERVAL, IMAGE, LOCAL, config_data
 from bench.switch import must, start_caddy
 from codeb_tui.domain.config import parse_config
@@ -149,8 +150,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--projects", type=int, default=200)
     args = parser.parse_args()
-    if "DOCKER_HOST" not in os.environ:
-        raise SystemExit("DOCKER_HOST is not set: source the env file of scripts/services.sh")
+    need_services()
     root = Path(tempfile.mkdtemp(prefix="codeb-bench-hosts-"))
     hosts = RemoteHosts()
     caddy = start_caddy(root)

@@ -17,6 +17,7 @@ import time
 
 import docker
 
+from bench import need_services
 from codeb_tui.infra.docker_engine import DockerEngine, PullCounts
 
 REGISTRY = os.environ.get("CODEB_REGISTRY_URL", "127.0.0.1:5000")
@@ -35,8 +36,7 @@ async def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if "DOCKER_HOST" not in os.environ:
-        raise SystemExit("DOCKER_HOST is not set: source the env file of scripts/services.sh")
+    need_services()
     client = docker.DockerClient(base_url=os.environ["DOCKER_HOST"])
     engine = DockerEngine(os.environ["DOCKER_HOST"])
     counts: list[PullCounts] = []

@@ -49,6 +49,7 @@ import docker
 import yaml
 
 import bench.switch
+from bench import need_services
 from bench.switch import free_port, start_caddy
 from codeb_tui.domain.errors import RegistryCorrupt
 from codeb_tui.domain.model import Environment
@@ -498,8 +499,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=None, help="replays the same operations")
     args = parser.parse_args()
-    if "DOCKER_HOST" not in os.environ:
-        raise SystemExit("DOCKER_HOST is not set: source the env file of scripts/services.sh")
+    need_services()
     seed = args.seed if args.seed is not None else secrets.randbelow(10**6)
     prefix = f"soak{secrets.token_hex(3)}"
     projects = [f"{prefix}-p{i}" for i in range(args.projects)]

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import need_services
 from bench.loadgen import LoadProcess, Sample, failures, rate, stale_answers
 from codeb_tui.domain import events
 from codeb_tui.domain.config import parse_config
@@ -191,8 +192,7 @@ async def main() -> None:
     parser.add_argument("--projects", type=int, default=200,
                         help="project+environments in the registry, the measured one included")
     args = parser.parse_args()
-    if "DOCKER_HOST" not in os.environ:
-        raise SystemExit("DOCKER_HOST is not set: source the env file of scripts/services.sh")
+    need_services()
     root = Path(tempfile.mkdtemp(prefix="codeb-switch-"))
     caddy = start_caddy(root)
     project = f"bsw{os.getpid() % 100000}"

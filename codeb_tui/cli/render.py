@@ -85,7 +85,8 @@ class _ProgressLine:
     def draw(self) -> None:
         summary = self.board.summary()
         if summary is None:
-            return self.erase()
+            self.erase()
+            return
         width = shutil.get_terminal_size().columns - 1
         sys.stdout.write(f"\r{progress_text(summary, width)}\x1b[K")
         sys.stdout.flush()
