@@ -171,75 +171,119 @@ class Connection:
         self.sock.close()
 
     def closed_by_peer(self) -> bool:
-        """Whether the server closed (or wrote to) this idle connection: one non-blocking peek."""
-        try:
-            self.sock.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: stray data, also unusable
-            return True
-        except BlockingIOError:
-            return False  # open, nothing pending: reusable
-        except OSError:
-            return True
-
-    async def readuntil(self, sep: bytes, limit: int) -> bytes:
-        start = 0
-        while (found := self.buf.find(sep, start)) < 0:
-            if len(self.buf) > limit:
-                raise RemoteProtocolError("header block too large")
-            start = max(0, len(self.buf) - len(sep) + 1)
-            await self._more()
-        end = found + len(sep)
-        line = bytes(self.buf[:end])
-        del self.buf[:end]
-        return line
-
-    async def take(self, count: int, into: bytearray | None) -> None:
-        """Consume `count` bytes, appended to `into` (None: dropped)."""
-        while len(self.buf) < count:
-            count -= len(self.buf)
-            if into is not None:
-                into += self.buf
-            self.buf.clear()
-            await self._more()
-        if into is not None:
-            into += self.buf[:count]
-        del self.buf[:count]
-
-    async def take_to_eof(self, limit: int, into: bytearray | None) -> None:
-        total = 0
-        while True:
-            total += len(self.buf)
-            if total > limit:
-                raise BodyTooLarge()
-            if into is not None:
-                into += self.buf
-            self.buf.clear()
-            try:
-                await self._more()
-            except asyncio.IncompleteReadError:
-                return
+        return closed_by_peer(self.sock)
 
     async def read_response(self, max_body: int, keep_body: bool) -> Response:
         """Read one answer right after a request was sent."""
-        wait_first = True
-        buf = self.buf
-        while True:
-            # readuntil inlined: this wait is every request's, one coroutine frame fewer.
-            while (end := buf.find(b"\r\n\r\n")) < 0:
-                if len(buf) > MAX_HEADERS:
-                    raise RemoteProtocolError("header block too large")
+        parser = ResponseParser(max_body, keep_body)
+        wait_first = True  # right after a request the answer is rarely there yet
+        while (answer := parser.feed(self.buf)) is None:
+            try:
                 await self._more(wait_first)
-                wait_first = False
-            text = buf[:end + 4].decode("latin-1")
-            del buf[:end + 4]
-            status_line = text[:text.find("\r\n")]
-            parts = status_line.split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-                raise RemoteProtocolError(f"bad status line {status_line[:40]!r}")
-            status = int(parts[1])
-            if not 100 <= status < 200 or status == 101:
-                break
-            # 1xx interim answer (100 Continue, 103 Early Hints): the real one follows.
+            except asyncio.IncompleteReadError:
+                return parser.eof(self.buf)
+            wait_first = False
+        return answer
 
+
+# ResponseParser's states.
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _TO_EOF = range(7)
+
+
+class ResponseParser:
+    """One HTTP/1.x answer read from bytes as they arrive, with no I/O of its own: the event
+    loop's Connection and the health checks' batches (infra/health.py) both drive it. feed()
+    takes the connection's buffer after each read and consumes what belongs to the answer;
+    bytes past the answer stay in the buffer."""
+
+    __slots__ = ("_max_body", "_body", "_state", "_remaining", "_total", "_status", "_keep")
+
+    def __init__(self, max_body: int, keep_body: bool) -> None:
+        self._max_body = max_body
+        self._body = bytearray() if keep_body else None
+        self._state = _HEAD
+        self._remaining = 0  # bytes left of the body or of the current chunk
+        self._total = 0  # body bytes so far (chunked or delimited by close)
+        self._status = 0
+        self._keep = False
+
+    def feed(self, buf: bytearray) -> Response | None:
+        """The Response once the answer is complete; None while more bytes are needed.
+        RemoteProtocolError or BodyTooLarge when the answer is not one to read."""
+        while True:
+            state = self._state
+            if state == _HEAD:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEADERS:
+                        raise RemoteProtocolError("header block too large")
+                    return None
+                text = buf[:end + 4].decode("latin-1")
+                del buf[:end + 4]
+                done = self._head(text)
+                if done is not None:
+                    return done
+            elif state == _LENGTH or state == _CHUNK_DATA:
+                if not self._take(buf):
+                    return None
+                if state == _LENGTH:
+                    return self._done()
+                self._state, self._remaining = _CHUNK_END, 2  # the chunk's CRLF
+            elif state == _CHUNK_END:
+                taken = min(self._remaining, len(buf))
+                del buf[:taken]
+                self._remaining -= taken
+                if self._remaining:
+                    return None
+                self._state = _CHUNK_SIZE
+            elif state == _CHUNK_SIZE or state == _TRAILERS:
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEADERS:
+                        raise RemoteProtocolError("header block too large")
+                    return None
+                line = bytes(buf[:end])
+                del buf[:end + 2]
+                if state == _TRAILERS:
+                    if not line:  # trailers, if any, end with an empty line
+                        return self._done()
+                    continue
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError as exc:
+                    raise RemoteProtocolError("bad chunk size") from exc
+                if size == 0:
+                    self._state = _TRAILERS
+                    continue
+                self._total += size
+                if self._total > self._max_body:
+                    raise BodyTooLarge()
+                self._state, self._remaining = _CHUNK_DATA, size
+            else:  # _TO_EOF: everything until the server closes
+                self._total += len(buf)
+                if self._total > self._max_body:
+                    raise BodyTooLarge()
+                if self._body is not None:
+                    self._body += buf
+                buf.clear()
+                return None
+
+    def eof(self, buf: bytearray) -> Response:
+        """The server closed: the answer if its body was delimited by the close, else
+        IncompleteReadError (closed mid-answer)."""
+        if self._state == _TO_EOF:
+            return self._done()
+        raise asyncio.IncompleteReadError(bytes(buf), None)
+
+    def _head(self, text: str) -> Response | None:
+        """Read the head; the Response at once when the answer has no body."""
+        status_line = text[:text.find("\r\n")]
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise RemoteProtocolError(f"bad status line {status_line[:40]!r}")
+        status = int(parts[1])
+        if 100 <= status < 200 and status != 101:
+            return None  # 1xx interim answer (100 Continue, 103 Early Hints): the real one follows
         length = None
         chunked = False
         connection = ""
@@ -254,46 +298,55 @@ class Connection:
                 chunked = "chunked" in value.lower()
             else:
                 connection = value.lower()
+        self._status = status
         if parts[0] == "HTTP/1.0":
-            keep = "keep-alive" in connection
+            self._keep = "keep-alive" in connection
         else:
-            keep = "close" not in connection
-
+            self._keep = "close" not in connection
         if status == 101:
-            return Response(status, False, b"")  # switched protocols: no HTTP after this
+            self._keep = False  # switched protocols: no HTTP after this
+            return self._done()
         if status in _NO_BODY:
-            return Response(status, keep, b"")
-        body = bytearray() if keep_body else None
+            return self._done()
         if chunked:
-            await self._read_chunked(max_body, body)
+            self._state = _CHUNK_SIZE
         elif length is not None:
-            if length > max_body or length < 0:
+            if length > self._max_body or length < 0:
                 raise BodyTooLarge()
-            await self.take(length, body)
+            if length == 0:
+                return self._done()
+            self._state, self._remaining = _LENGTH, length
         else:
-            # Delimited by close: read to EOF, bounded; the connection is then spent.
-            await self.take_to_eof(max_body, body)
-            keep = False
-        return Response(status, keep, b"" if body is None else bytes(body))
+            self._state, self._keep = _TO_EOF, False  # the connection is then spent
+        return None
 
-    async def _read_chunked(self, max_body: int, into: bytearray | None) -> None:
-        total = 0
-        while True:
-            line = await self.readuntil(b"\r\n", MAX_HEADERS)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError as exc:
-                raise RemoteProtocolError("bad chunk size") from exc
-            if size == 0:
-                break
-            total += size
-            if total > max_body:
-                raise BodyTooLarge()
-            await self.take(size, into)
-            await self.take(2, None)  # the chunk's CRLF
-        # Trailers, if any, end with an empty line.
-        while (await self.readuntil(b"\r\n", MAX_HEADERS)) != b"\r\n":
-            pass
+    def _take(self, buf: bytearray) -> bool:
+        """Move up to the remaining body bytes from buf; whether none remain."""
+        if len(buf) <= self._remaining:
+            self._remaining -= len(buf)
+            if self._body is not None:
+                self._body += buf
+            buf.clear()
+        else:
+            if self._body is not None:
+                self._body += buf[:self._remaining]
+            del buf[:self._remaining]
+            self._remaining = 0
+        return not self._remaining
+
+    def _done(self) -> Response:
+        return Response(self._status, self._keep, b"" if self._body is None else bytes(self._body))
+
+
+def closed_by_peer(sock: _socket.socket) -> bool:
+    """Whether the server closed (or wrote to) this idle connection: one non-blocking peek."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: stray data, also unusable
+        return True
+    except BlockingIOError:
+        return False  # open, nothing pending: reusable
+    except OSError:
+        return True
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
