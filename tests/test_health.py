@@ -262,3 +262,162 @@ async def test_answers_tells_a_listening_port_from_a_free_one():
         port = squatter.getsockname()[1]
         assert await checker.answers(port)
     assert not await checker.answers(port)  # closed now: refused
+
+
+async def test_one_batch_of_mixed_answers_each_in_its_place(busybox_httpd):
+    """check_many: every kind of answer in one batch, results in the order asked; a silent
+    server times out within request_timeout without holding back the others' answers."""
+    async def never(reader, writer) -> bool:
+        await asyncio.sleep(3600)
+        return False
+
+    async def garbage(reader, writer) -> bool:
+        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        return False
+
+    health = HealthChecker("127.0.0.1", "/health", request_timeout=0.5)
+    async with Server(ok_answer()) as ok, Server(ok_answer("500 Oops")) as broken, \
+            Server(ok_answer("302 Found", "Location: /x\r\n")) as moved, \
+            Server(never) as silent, Server(garbage) as ssh:
+        ports = [ok.port, broken.port, refused_port(), silent.port, busybox_httpd, moved.port,
+                 ssh.port, ok.port]
+        started = time.monotonic()
+        results = await health.check_many(ports)
+        elapsed = time.monotonic() - started
+    await health.aclose()
+    assert [(r.ok, r.detail) for r in results] == [
+        (True, "HTTP 200"), (False, "HTTP 500"), (False, "connection refused"),
+        (False, "timed out"), (True, "HTTP 200"), (True, "HTTP 302"),
+        (False, "RemoteProtocolError"), (True, "HTTP 200")]
+    assert 0.45 < elapsed < 1.5
+    answered = [results[i].latency_ms for i in (0, 1, 4, 5, 7)]
+    assert all(latency is not None and latency < 300 for latency in answered), answered
+    assert ok.connections == 2  # the port asked twice: two connections at once
+
+
+async def test_batch_opens_at_most_limit_connections(checker):
+    """check_many(ports, limit): a window of `limit` connections, the next one opened as an
+    answer comes, until every port is checked."""
+    open_now = peak = 0
+
+    async def slow_ok(reader, writer) -> bool:
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        await asyncio.sleep(0.03)
+        open_now -= 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        return False
+
+    servers = [Server(slow_ok) for _ in range(20)]
+    for server in servers:
+        await server.__aenter__()
+    try:
+        started = time.monotonic()
+        results = await checker.check_many([s.port for s in servers], limit=5)
+        elapsed = time.monotonic() - started
+    finally:
+        for server in servers:
+            await server.__aexit__()
+    assert all(r.ok for r in results), results
+    assert peak == 5
+    assert elapsed >= 4 * 0.03  # 20 ports through a window of 5
+
+
+async def test_cancelled_batch_leaves_no_socket_open():
+    def open_fds() -> int:
+        return len(__import__("os").listdir("/proc/self/fd"))
+
+    health = HealthChecker("127.0.0.1", "/health", request_timeout=5.0)
+    # A listener that never accepts: connections complete in its backlog and nothing answers,
+    # and no accepted socket of a server is counted among this process's descriptors.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        before = open_fds()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await health.check_many([silent.getsockname()[1]] * 10)
+        after = open_fds()
+    await health.aclose()
+    assert after == before
+
+
+async def test_a_host_name_is_resolved_once_for_the_batch():
+    loop = asyncio.get_running_loop()
+    first = (await loop.getaddrinfo("localhost", None, type=socket.SOCK_STREAM))[0][4][0]
+
+    async def serve(reader, writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, first, 0)
+    port = server.sockets[0].getsockname()[1]
+    health = HealthChecker("localhost", "/health", request_timeout=1.0)
+    try:
+        results = await health.check_many([port, port])
+    finally:
+        server.close()
+        await health.aclose()
+    assert [(r.ok, r.detail) for r in results] == [(True, "HTTP 204")] * 2
+
+
+async def test_request_waits_for_a_handshake_not_done_at_connect():
+    """When connect returns before the handshake is done (off loopback; here a listener whose
+    accept queue is full drops the SYN until the client sends it again a second later), the
+    request is sent once the socket is writable."""
+    loop = asyncio.get_running_loop()
+    health = HealthChecker("127.0.0.1", "/health", request_timeout=5.0)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # room for one connection not yet accepted
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        filler = socket.create_connection(("127.0.0.1", port))  # takes that room
+        check = asyncio.ensure_future(health.check_many([port]))
+        await asyncio.sleep(0.3)
+        assert not check.done()
+        conn, _ = await loop.sock_accept(listener)  # room again for the SYN sent again
+        conn.close()
+        filler.close()
+        conn, _ = await loop.sock_accept(listener)
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await loop.sock_recv(conn, 1024)
+            await loop.sock_sendall(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            (result,) = await check
+    await health.aclose()
+    assert head.startswith(b"GET /health HTTP/1.1\r\n")
+    assert result.ok and result.detail == "HTTP 200" and result.latency_ms > 300
+
+
+async def test_checks_across_a_real_link(remote_hosts, tmp_path):
+    """Off loopback the TCP handshake is not done when connect returns: the request waits for
+    the socket to be writable. busybox httpd in web1's namespace, reached over its veth pair;
+    then the link goes down and a check times out."""
+    host = remote_hosts.hosts["web1"]
+    (tmp_path / "health").write_text("ok\n")
+    port = refused_port()
+    host.spawn("health-httpd", [BUSYBOX, "httpd", "-f", "-p", f"{host.address}:{port}",
+                                "-h", str(tmp_path)])
+    health = HealthChecker(host.address, "/health", request_timeout=0.5)
+    try:
+        deadline = time.monotonic() + 5
+        while (await health.check(port)).detail != "HTTP 200" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        results = await health.check_many([port, port + 1, port])
+        assert [(r.ok, r.detail) for r in results] == [
+            (True, "HTTP 200"), (False, "connection refused"), (True, "HTTP 200")]
+        remote_hosts.stop("web1", "link")
+        try:
+            assert (await health.check(port)).detail == "timed out"
+        finally:
+            remote_hosts.start("web1")
+    finally:
+        await health.aclose()
+        proc = host.procs.pop("health-httpd")
+        proc.terminate()
+        proc.wait(5)

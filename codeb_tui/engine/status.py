@@ -117,16 +117,10 @@ async def _list_containers(ctx: Context) -> dict[str, ContainerInfo] | None:
 
 
 async def _health_checks(ctx: Context, ports: list[int | None]) -> list[HealthResult | None]:
-    """A check of each port (None: nothing to check), HEALTH_CONCURRENCY at a time."""
-    gate = asyncio.Semaphore(HEALTH_CONCURRENCY)
-
-    async def one(port: int | None) -> HealthResult | None:
-        if port is None:
-            return None
-        async with gate:
-            return await ctx.host.health.check(port)
-
-    return await asyncio.gather(*[one(port) for port in ports])
+    """A check of each port (None: nothing to check), one batch, HEALTH_CONCURRENCY open at once."""
+    wanted = [port for port in ports if port is not None]
+    results = iter(await ctx.host.health.check_many(wanted, HEALTH_CONCURRENCY))
+    return [None if port is None else next(results) for port in ports]
 
 
 def _health(state: SlotState, check: HealthResult | None) -> Health:

@@ -34,7 +34,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -45,7 +45,7 @@ from codeb_tui.domain.config import Config, HostConfig
 from codeb_tui.domain.errors import HostKeyRefused, HostUnreachable, OperationFailed
 from codeb_tui.infra.caddy import CaddyAdmin
 from codeb_tui.infra.docker_engine import DockerEngine
-from codeb_tui.infra.health import MAX_BODY, HealthChecker, HealthResult
+from codeb_tui.infra.health import BATCH_OPEN, MAX_BODY, HealthChecker, HealthResult
 from codeb_tui.infra.http1 import BodyTooLarge, Connection, RemoteProtocolError
 from codeb_tui.infra.host import Host, parse_proc_net_tcp
 
@@ -446,6 +446,18 @@ class _ChannelHealth(HealthChecker):
             return False  # the host's connect was refused: nothing listens there
         writer.close()
         return True
+
+    async def check_many(self, ports: Sequence[int], limit: int = BATCH_OPEN
+                         ) -> list[HealthResult]:
+        """check() of each port, `limit` channels at a time (the base class's epoll batch is
+        for sockets of this machine; these bytes come over the SSH connection)."""
+        gate = asyncio.Semaphore(max(1, limit))
+
+        async def one(port: int) -> HealthResult:
+            async with gate:
+                return await self.check(port)
+
+        return list(await asyncio.gather(*(one(port) for port in ports)))
 
     async def check(self, port: int) -> HealthResult:
         conn = await self._ssh.connection()
