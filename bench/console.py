@@ -1,5 +1,6 @@
 """Console bench: 200 projects x 3 environments (1,200 slots, every one answering /health on
-loopback with keep-alive, as most frameworks do), and a registry of 5,000 slot files with no
+loopback with keep-alive, as most frameworks do; with --close each answer closes its connection,
+as busybox httpd does), and a registry of 5,000 slot files with no
 container at all. Prints figures; asserts nothing.
 
     source /var/lib/codeb-services/env
@@ -63,18 +64,22 @@ WARM_UP = 6.0
 
 SERVER = r"""
 import asyncio, sys
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+CLOSE = sys.argv[1] == "close"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+            + (b"Connection: close\r\n" if CLOSE else b"") + b"\r\nok")
 async def handle(reader, writer):
     try:
         while True:
             await reader.readuntil(b"\r\n\r\n")
             writer.write(RESPONSE)
             await writer.drain()
+            if CLOSE:
+                break
     except Exception:
         pass
     writer.close()
 async def main():
-    ports = [int(p) for p in sys.argv[1:]]
+    ports = [int(p) for p in sys.argv[2:]]
     servers = [await asyncio.start_server(handle, "127.0.0.1", p, backlog=64) for p in ports]
     print("ready", flush=True)
     await asyncio.Event().wait()
@@ -335,13 +340,17 @@ def main() -> None:
     parser.add_argument("--pty-live", type=float, default=10.0,
                         help="seconds the codeb process polls before it quits (its peak RSS)")
     parser.add_argument("--skip", choices=("pty", "idle"), action="append", default=[])
+    parser.add_argument("--close", action="store_true",
+                        help="endpoints close after each answer (busybox httpd's way): a new "
+                             "connection per check")
     args = parser.parse_args()
 
     load = os.getloadavg()  # other work on the machine stretches wall times (frames, stalls)
     tmp = Path(tempfile.mkdtemp(prefix="codeb-bench-"))
     args.ranges = free_ranges(args.projects)
     ports = write_registry(tmp / "registry", args.projects, args.ranges, live=True)
-    server = subprocess.Popen([sys.executable, "-c", SERVER, *map(str, ports)],
+    server = subprocess.Popen([sys.executable, "-c", SERVER,
+                               "close" if args.close else "keep-alive", *map(str, ports)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"
@@ -363,7 +372,8 @@ def main() -> None:
     print(f"machine                       {os.cpu_count()} cores, load average "
           f"{' '.join(f'{x:.1f}' for x in load)} at the start, "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end")
-    print(f"slots                         {live['slots']} ({live['healthy']} healthy), "
+    print(f"slots                         {live['slots']} ({live['healthy']} healthy, endpoints "
+          f"{'close after each answer' if args.close else 'keep connections'}), "
           f"{live['on_screen']} rows on screen, registry watch: {live['watch_mode']}")
     print(f"first complete frame          {live['first_frame']:.2f} s in process (target < 0.8 s; "
           f"CPU {live['first_frame_cpu']:.2f} s)")

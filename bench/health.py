@@ -15,7 +15,7 @@ gathered (as the health gate asks, one port at a time).
 CPU is time.process_time() of this process only (the servers run in other processes); medians
 over rounds are compared.
 
-    .venv/bin/python -m bench.health [--checks 1000] [--ports 4] [--rounds 5]
+    .venv/bin/python -m bench.health [--checks 1000] [--ports 4] [--round-ports 32] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -222,6 +222,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checks", type=int, default=1000)
     parser.add_argument("--ports", type=int, default=4)
+    parser.add_argument("--round-ports", type=int, default=32,
+                        help="ports of the second busybox target (0: skip it); the console's "
+                             "status asks up to 32 connections at once")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--serve", type=int, nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,7 +238,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="codeb-bench-health-") as docroot:
         Path(docroot, "health").write_text("ok\n")
         try:
-            busybox_ports = free_ports(args.ports)
+            busybox_ports = free_ports(max(args.ports, args.round_ports))
             for port in busybox_ports:
                 procs.append(subprocess.Popen(
                     [BUSYBOX, "httpd", "-f", "-p", f"{HOST}:{port}", "-h", docroot]))
@@ -244,10 +247,13 @@ def main() -> None:
                 [sys.executable, "-m", "bench.health", "--serve", *map(str, keepalive_ports)]))
             for port in busybox_ports + keepalive_ports:
                 wait_listening(port)
+            targets = [
+                ("busybox httpd (close after each answer)", busybox_ports[:args.ports], True),
+                (f"busybox httpd, {args.round_ports} ports at once (as a console round asks)",
+                 busybox_ports[:args.round_ports], False),
+                ("asyncio keep-alive server", keepalive_ports, False)]
             ratios = [asyncio.run(bench_target(name, ports, args.checks, args.rounds, floor))["ratio"]
-                      for name, ports, floor in (
-                          ("busybox httpd (close after each answer)", busybox_ports, True),
-                          ("asyncio keep-alive server", keepalive_ports, False))]
+                      for name, ports, floor in targets if ports]
         finally:
             for proc in procs:
                 proc.terminate()
