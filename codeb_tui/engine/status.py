@@ -88,8 +88,8 @@ class ContainerListing:
 async def check(ctx: Context, slots: Sequence[SlotStatus],
                 listing: ContainerListing) -> list[SlotStatus]:
     """These slot records with their health checked now and their container state from a
-    recent listing. Checks start in the order given (the semaphore is first come, first
-    served): a front end passes the slots it shows first."""
+    recent listing. Checks start in the order given (a batch opens its connections in that
+    order): a front end passes the slots it shows first."""
     if any(s.hosts for s in slots):  # projects on remote or several hosts: asked there
         local, remote = await asyncio.gather(
             check(ctx, [s for s in slots if not s.hosts], listing),
