@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import time
@@ -58,6 +59,13 @@ class Server:
             pass
         finally:
             writer.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(answer: Answer, count: int):
+    """`count` Servers of one kind at once."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(Server(answer)) for _ in range(count)]
 
 
 @pytest.fixture
@@ -215,17 +223,11 @@ async def test_concurrent_checks_of_50_ports(checker):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         return True
 
-    servers = [Server(slow_ok) for _ in range(50)]
-    for server in servers:
-        await server.__aenter__()
-    try:
+    async with serving(slow_ok, 50) as servers:
         for _ in range(2):
             results = await asyncio.gather(*(checker.check(s.port) for s in servers))
             assert all(r.ok and r.detail == "HTTP 200" for r in results), results
         assert all(s.connections == 1 and len(s.requests) == 2 for s in servers)
-    finally:
-        for server in servers:
-            await server.__aexit__()
 
 
 async def test_same_port_concurrently_uses_separate_connections(checker):
@@ -309,16 +311,10 @@ async def test_batch_opens_at_most_limit_connections(checker):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
         return False
 
-    servers = [Server(slow_ok) for _ in range(20)]
-    for server in servers:
-        await server.__aenter__()
-    try:
+    async with serving(slow_ok, 20) as servers:
         started = time.monotonic()
         results = await checker.check_many([s.port for s in servers], limit=5)
         elapsed = time.monotonic() - started
-    finally:
-        for server in servers:
-            await server.__aexit__()
     assert all(r.ok for r in results), results
     assert peak == 5
     assert elapsed >= 4 * 0.03  # 20 ports through a window of 5
