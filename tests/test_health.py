@@ -360,6 +360,31 @@ async def test_a_host_name_is_resolved_once_for_the_batch():
     assert [(r.ok, r.detail) for r in results] == [(True, "HTTP 204")] * 2
 
 
+async def test_an_ipv6_literal_is_checked_with_its_brackets_in_host():
+    """`::1`: an AF_INET6 socket, and the Host header in brackets as HTTP wants it."""
+    heads: list[bytes] = []
+
+    async def serve(reader, writer) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(serve, "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = server.sockets[0].getsockname()[1]
+    health = HealthChecker("::1", "/health", request_timeout=1.0)
+    try:
+        (result,) = await health.check_many([port])
+    finally:
+        server.close()
+        await health.aclose()
+    assert result.ok and result.detail == "HTTP 200"
+    assert f"Host: [::1]:{port}\r\n".encode() in heads[0]
+
+
 async def test_request_waits_for_a_handshake_not_done_at_connect():
     """When connect returns before the handshake is done (off loopback; here a listener whose
     accept queue is full drops the SYN until the client sends it again a second later), the
