@@ -178,3 +178,23 @@ def test_roles_gate_operations_and_denials_are_audited(config_file, prefix, tmp_
     assert rows[1][2].startswith("apikey:cb_") and rows[1][3] == "ops"
     # A known key with too small a role is named with its team; a revoked one is not trusted.
     assert rows[0][2] == "apikey:" + keys["viewer"][:11] and rows[0][3] == "ops"
+
+
+def test_codeb_raises_its_soft_open_files_limit():
+    """Started under an SSH login's usual soft limit (1,024), `codeb` raises it toward the hard
+    one: the health checks keep a connection per slot, and 1,200 slots need more."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"hard limit {hard}: nothing to raise to")
+    child = ("import resource\n"
+             "from codeb_tui.cli import main\n"
+             "main(['--help'])\n"
+             "print('limit', resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    out = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, cwd=REPO, timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+    limit = int(out.stdout.rsplit("limit ", 1)[1])
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    assert limit == wanted, out.stdout[-200:]

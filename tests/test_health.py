@@ -174,6 +174,22 @@ async def test_keep_alive_reuses_one_connection(checker):
     assert server.connections == 1 and len(server.requests) == 10
 
 
+async def test_no_more_idle_connections_than_max_idle():
+    """Past max_idle kept connections, a check's connection is closed after its answer: a big
+    fleet never takes every descriptor the process may open."""
+    health = HealthChecker("127.0.0.1", "/health", request_timeout=1.0, max_idle=2)
+    async with serving(ok_answer(), 3) as servers:
+        ports = [s.port for s in servers]
+        for _ in range(3):
+            results = await health.check_many(ports)
+            assert all(r.ok for r in results), results
+        connections = sum(s.connections for s in servers)
+    await health.aclose()
+    # Three the first round; then each round two ports find a kept connection and one
+    # (whichever answered last before) opens a new one.
+    assert connections == 3 + 1 + 1
+
+
 async def test_kept_connection_closed_by_server_is_retried_fresh(checker):
     async def one_answer_per_connection(reader, writer) -> bool:
         # Claims keep-alive, but drops the connection when the next request arrives (a server's

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from codeb_tui.cli.startup import collector_paused
+from codeb_tui.cli.startup import collector_paused, raise_open_files_limit
 
 with collector_paused():
     from codeb_tui.cli import history, host, serve, ssh_serve, workflow  # noqa: F401 - they add their commands
@@ -21,6 +21,7 @@ with collector_paused():
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
+    raise_open_files_limit()
 
     def call() -> int:
         # Not codeb.main(): that one prints click's usage block and exits by itself.

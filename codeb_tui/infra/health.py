@@ -16,6 +16,7 @@ import _socket
 import asyncio
 import errno
 import ipaddress
+import resource
 import select
 import socket
 import time
@@ -43,7 +44,8 @@ class HealthResult:
 
 
 class HealthChecker:
-    def __init__(self, host: str, path: str, request_timeout: float) -> None:
+    def __init__(self, host: str, path: str, request_timeout: float,
+                 max_idle: int | None = None) -> None:
         self.host = host
         self.path = path
         self.request_timeout = request_timeout
@@ -58,6 +60,9 @@ class HealthChecker:
         # check of the same port finds none and opens its own (never two requests on one socket).
         # Plain sockets belong to no event loop, so kept ones survive one asyncio.run to the next.
         self._idle: dict[int, _socket.socket] = {}
+        # Past this many, a check's connection is closed after the answer, not kept: many
+        # slots must never take every descriptor the process may open.
+        self.max_idle = _idle_budget() if max_idle is None else max_idle
         self._requests: dict[int, bytes] = {}  # the fixed GET of each port, built once
 
     async def check(self, port: int) -> HealthResult:
@@ -110,6 +115,12 @@ class HealthChecker:
         idle, self._idle = self._idle, {}
         for sock in idle.values():
             sock.close()
+
+
+def _idle_budget() -> int:
+    """Half the soft limit on open files (cli/startup.py raises it at start)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft // 2
 
 
 class _Check:
@@ -305,7 +316,8 @@ class _Batch:
         latency = (time.perf_counter() - check.started) * 1000
         result = HealthResult(200 <= answer.status < 400, f"HTTP {answer.status}", latency)
         idle = self._checker._idle
-        if answer.keep_alive and not check.buf and check.port not in idle:
+        if (answer.keep_alive and not check.buf and check.port not in idle
+                and len(idle) < self._checker.max_idle):
             # Kept for the next check of this port: a plain socket of no epoll and no loop.
             self._epoll.unregister(sock.fileno())
             del self._open[sock.fileno()]
