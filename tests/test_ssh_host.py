@@ -86,6 +86,9 @@ async def test_health_check_through_the_connection_tells_refused_from_unhealthy(
         await asyncio.sleep(0.1)
     assert not result.ok and result.detail == "HTTP 500"
     assert (await web1.health.check(4312)).detail == "connection refused"
+    # A batch through the connection: a channel per port, results in the order asked.
+    results = await web1.health.check_many([4312, 4311, 4312], limit=2)
+    assert [r.detail for r in results] == ["connection refused", "HTTP 500", "connection refused"]
 
 
 async def test_caddy_admin_through_the_forward_with_the_host_header(remote_hosts, web1):
