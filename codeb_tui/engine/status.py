@@ -19,9 +19,6 @@ from codeb_tui.engine import host_status
 from codeb_tui.infra.docker_engine import ContainerInfo
 from codeb_tui.infra.health import HealthResult
 
-HEALTH_CONCURRENCY = 32
-"""Checks in flight at once: a thousand gathered together queue on the client's connection
-pool and time out instead of answering."""
 CONTAINERS_MAX_AGE = 4.0
 """Seconds a listing of Docker's containers serves `check`: listing them all costs far more
 than a health check, and a container that stopped also fails its health check at once."""
@@ -117,9 +114,9 @@ async def _list_containers(ctx: Context) -> dict[str, ContainerInfo] | None:
 
 
 async def _health_checks(ctx: Context, ports: list[int | None]) -> list[HealthResult | None]:
-    """A check of each port (None: nothing to check), one batch, HEALTH_CONCURRENCY open at once."""
+    """A check of each port (None: nothing to check), in one batch (BATCH_OPEN open at once)."""
     wanted = [port for port in ports if port is not None]
-    results = iter(await ctx.host.health.check_many(wanted, HEALTH_CONCURRENCY))
+    results = iter(await ctx.host.health.check_many(wanted))
     return [None if port is None else next(results) for port in ports]
 
 

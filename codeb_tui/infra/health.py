@@ -28,8 +28,9 @@ from codeb_tui.infra.http1 import (BodyTooLarge, RemoteProtocolError, ResponsePa
 
 # A health answer is a few bytes; anything past this is a misbehaving slot, not a body to read.
 MAX_BODY = 64 * 1024
-# Connections one batch opens at once, unless the caller says otherwise.
-BATCH_OPEN = 64
+# Connections one batch opens at once, unless the caller says otherwise: a window, so that a
+# thousand slots never open a thousand sockets at once (nor spend the whole timeout queued).
+BATCH_OPEN = 32
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _RECV = 65536
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT

@@ -223,19 +223,15 @@ class ResponseParser:
                 done = self._head(text)
                 if done is not None:
                     return done
-            elif state == _LENGTH or state == _CHUNK_DATA:
-                if not self._take(buf):
+            elif state == _LENGTH or state == _CHUNK_DATA or state == _CHUNK_END:
+                if not self._take(buf, into_body=state != _CHUNK_END):
                     return None
                 if state == _LENGTH:
                     return self._done()
-                self._state, self._remaining = _CHUNK_END, 2  # the chunk's CRLF
-            elif state == _CHUNK_END:
-                taken = min(self._remaining, len(buf))
-                del buf[:taken]
-                self._remaining -= taken
-                if self._remaining:
-                    return None
-                self._state = _CHUNK_SIZE
+                if state == _CHUNK_DATA:
+                    self._state, self._remaining = _CHUNK_END, 2  # the chunk's CRLF
+                else:
+                    self._state = _CHUNK_SIZE
             elif state == _CHUNK_SIZE or state == _TRAILERS:
                 end = buf.find(b"\r\n")
                 if end < 0:
@@ -320,16 +316,18 @@ class ResponseParser:
             self._state, self._keep = _TO_EOF, False  # the connection is then spent
         return None
 
-    def _take(self, buf: bytearray) -> bool:
-        """Move up to the remaining body bytes from buf; whether none remain."""
+    def _take(self, buf: bytearray, into_body: bool) -> bool:
+        """Consume up to the remaining bytes from buf (into the body if kept and `into_body`);
+        whether none remain."""
+        body = self._body if into_body else None
         if len(buf) <= self._remaining:
             self._remaining -= len(buf)
-            if self._body is not None:
-                self._body += buf
+            if body is not None:
+                body += buf
             buf.clear()
         else:
-            if self._body is not None:
-                self._body += buf[:self._remaining]
+            if body is not None:
+                body += buf[:self._remaining]
             del buf[:self._remaining]
             self._remaining = 0
         return not self._remaining

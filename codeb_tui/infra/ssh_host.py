@@ -46,7 +46,7 @@ from codeb_tui.domain.errors import HostKeyRefused, HostUnreachable, OperationFa
 from codeb_tui.infra.caddy import CaddyAdmin
 from codeb_tui.infra.docker_engine import DockerEngine
 from codeb_tui.infra.health import BATCH_OPEN, MAX_BODY, HealthChecker, HealthResult
-from codeb_tui.infra.http1 import BodyTooLarge, Connection, RemoteProtocolError
+from codeb_tui.infra.http1 import BodyTooLarge, RemoteProtocolError, Response, ResponseParser
 from codeb_tui.infra.host import Host, parse_proc_net_tcp
 
 T = TypeVar("T")
@@ -468,7 +468,7 @@ class _ChannelHealth(HealthChecker):
                 reader, writer = await conn.open_connection(self.host, port)
                 writer.write((f"GET {self.path} HTTP/1.1\r\nHost: {self._request_host}:{port}\r\n"
                               "User-Agent: codeb-health\r\nConnection: close\r\n\r\n").encode("latin-1"))
-                answer = await _ChannelConnection(reader).read_response(MAX_BODY, keep_body=False)
+                answer = await _read_answer(reader)
         except TimeoutError:
             if conn.is_closed():
                 raise HostUnreachable(self._ssh.name, "health check: connection lost") from None
@@ -492,21 +492,16 @@ class _ChannelHealth(HealthChecker):
         return HealthResult(200 <= answer.status < 400, f"HTTP {answer.status}", latency)
 
 
-class _ChannelConnection(Connection):
-    """http1.Connection's answer reader over an SSH channel instead of a socket."""
-
-    def __init__(self, reader: asyncssh.SSHReader) -> None:
-        super().__init__(None)  # type: ignore[arg-type]  # no socket: bytes come from the channel
-        self._reader = reader
-
-    async def _more(self, wait_first: bool = False) -> None:
-        data = await self._reader.read(65536)
+async def _read_answer(reader: asyncssh.SSHReader) -> Response:
+    """http1's parser fed from an SSH channel; IncompleteReadError when it closes mid-answer."""
+    parser = ResponseParser(MAX_BODY, keep_body=False)
+    buf = bytearray()
+    while (answer := parser.feed(buf)) is None:
+        data = await reader.read(65536)
         if not data:
-            raise asyncio.IncompleteReadError(bytes(self.buf), None)
-        self.buf += data
-
-    def close(self) -> None:
-        pass  # the channel is the caller's
+            return parser.eof(buf)
+        buf += data
+    return answer
 
 
 def _free_port() -> int:
